@@ -1,0 +1,179 @@
+"""Which Gaussians matter, and removing the others without breaking the optimizers.
+
+Scores: the accumulated blending weight (Mini-Splatting / Distilled-3DGS) and LightGaussian's global significance.
+Selections: importance-proportional sampling without replacement, a cumulative-mass cut and a lowest-share cut; all
+return boolean *keep* masks. ``prune_gaussians`` applies a keep mask to parameters, Adam state and strategy state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import torch
+from gsplat.strategy.ops import remove
+from torch import Tensor
+
+View = TypeVar("View")
+
+
+def accumulated_blending_weight(
+    render_fn: Callable[[Tensor, View], Tensor],
+    num_gaussians: int,
+    views: Iterable[View],
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Per-Gaussian sum over views and pixels of its blending weight ``alpha_i * T_i``; returns ``[N]`` (detached).
+
+    A compositor is linear in colour, ``image = sum_i w_i c_i + T_final * background``, so the gradient of
+    ``image.sum()`` w.r.t. a per-Gaussian scalar colour is ``sum_pixels w_i``: one backward per view, any rasteriser.
+    ``render_fn(colors, view)`` must render ``colors`` (``[N, 1]``, requires grad) as the Gaussians' colour and return
+    the single-channel image; it should not clamp it or detach the colours. The colour value (0.5) is irrelevant to a
+    linear compositor and keeps clear of clamps at 0 and 1. ``progress(k)`` is called after the k-th view.
+    """
+    importance = torch.zeros(num_gaussians, device=device)
+    for count, view in enumerate(views, start=1):
+        colors = torch.full((num_gaussians, 1), 0.5, device=device, requires_grad=True)
+        with torch.enable_grad():
+            image = render_fn(colors, view)
+            if image.requires_grad:  # a view seeing no Gaussian may yield a constant image
+                (grad,) = torch.autograd.grad(image.sum(), colors, allow_unused=True)
+                if grad is not None:
+                    importance += grad.detach().view(-1).to(importance)
+        if progress is not None:
+            progress(count)
+    return importance
+
+
+def _percentile(values: Tensor, q: float) -> Tensor:
+    """Linear-interpolation percentile (numpy's default) via ``kthvalue``: ``torch.quantile`` caps at 2^24 inputs."""
+    position = q * (values.numel() - 1)
+    below, above = math.floor(position), math.ceil(position)
+    low = values.kthvalue(below + 1).values
+    high = values.kthvalue(above + 1).values
+    return low + (high - low) * (position - below)
+
+
+def global_significance(
+    hit_counts: Tensor,
+    opacities: Tensor,
+    scales: Tensor,
+    beta: float = 0.1,
+    volume_percentile: float = 0.9,
+) -> Tensor:
+    """LightGaussian's score ``hit_count * opacity * V_norm^beta`` (``[N]``), as described in its paper.
+
+    ``V`` is the product of the three *activated* scales, normalised by its ``volume_percentile`` percentile and
+    clipped to [0, 1], so a few huge Gaussians cannot dominate while tiny ones are still discounted. (The official
+    LightGaussian code normalises by the 10th-largest-percent value without clipping; we follow the paper.)
+    """
+    n = hit_counts.shape[0]
+    if hit_counts.shape != (n,) or opacities.reshape(-1).shape != (n,) or scales.shape != (n, 3):
+        raise ValueError(
+            "expected hit_counts [N], opacities [N] or [N, 1], scales [N, 3]; got "
+            f"{tuple(hit_counts.shape)}, {tuple(opacities.shape)}, {tuple(scales.shape)}"
+        )
+    if n == 0:
+        return torch.zeros(0, device=scales.device, dtype=scales.dtype)
+    volume = scales.prod(dim=1)
+    reference = _percentile(volume, volume_percentile).clamp_min(torch.finfo(volume.dtype).tiny)
+    volume_norm = (volume / reference).clamp(0.0, 1.0)
+    return hit_counts.to(volume) * opacities.reshape(-1).to(volume) * volume_norm.pow(beta)
+
+
+def _check_importance(importance: Tensor) -> None:
+    if importance.ndim != 1:
+        raise ValueError(f"importance must be a 1-D tensor, got shape {tuple(importance.shape)}")
+    if not torch.isfinite(importance).all() or (importance < 0).any():
+        raise ValueError("importance must be finite and non-negative")
+
+
+def sample_by_importance(importance: Tensor, factor: float, generator: torch.Generator | None = None) -> Tensor:
+    """Keep ``round(factor * #(importance > 0))`` Gaussians drawn without replacement, probability ∝ importance.
+
+    Efraimidis-Spirakis exponential race: key ``-E_i / w_i`` with ``E_i ~ Exp(1)``; the top-k keys are a weighted
+    sample without replacement with the same law as successive draws, for any N (``torch.multinomial`` stops at
+    2^24 categories). Zero-importance Gaussians get key ``-inf`` and are never picked.
+    """
+    _check_importance(importance)
+    if factor < 0:
+        raise ValueError(f"factor must be >= 0, got {factor}")
+    positive = importance > 0
+    count = min(round(factor * int(positive.sum())), int(positive.sum()))
+    keep = torch.zeros_like(importance, dtype=torch.bool)
+    if count == 0:
+        return keep
+    weights = importance.double()
+    race = torch.empty_like(weights).exponential_(generator=generator)
+    keys = torch.where(positive, -race / weights.clamp_min(torch.finfo(weights.dtype).tiny), -math.inf)
+    keep[keys.topk(count).indices] = True
+    return keep
+
+
+def mass_cut(importance: Tensor, mass: float = 0.99) -> Tensor:
+    """Keep the fewest Gaussians holding at least ``mass`` of the total importance (the cumulative-mass cut).
+
+    Sorted by descending importance with ties broken by index (stable sort), so the result is deterministic; a
+    zero-importance Gaussian is never kept, since the prefix already reaches the full mass before them.
+    """
+    _check_importance(importance)
+    if not 0.0 <= mass <= 1.0:
+        raise ValueError(f"mass must be in [0, 1], got {mass}")
+    keep = torch.zeros_like(importance, dtype=torch.bool)
+    order = torch.sort(importance, descending=True, stable=True).indices
+    cumulative = importance.double()[order].cumsum(0)
+    if cumulative.numel() == 0:
+        return keep
+    target = mass * cumulative[-1]
+    if target <= 0:
+        return keep
+    count = int(torch.searchsorted(cumulative, target.reshape(1), right=False)) + 1
+    keep[order[:count]] = True
+    return keep
+
+
+def lowest_share_mask(scores: Tensor, share: float) -> Tensor:
+    """Keep all but the ``round(share * N)`` lowest scores (LightGaussian's prune ratio); ties drop lower indices."""
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    order = torch.sort(scores, stable=True).indices
+    keep[order[: round(share * scores.numel())]] = False
+    return keep
+
+
+def prune_gaussians(
+    params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
+    optimizers: dict[str, torch.optim.Optimizer],
+    strategy_state: dict[str, Any],
+    keep: Tensor,
+) -> None:
+    """Remove, in place, the Gaussians where ``keep`` is False.
+
+    Every parameter needs its own optimizer (gsplat's contract). Parameters are replaced by new ``Parameter`` objects
+    (``requires_grad=True``); each optimizer's param_group is re-pointed and its state sliced (Adam ``exp_avg``,
+    ``exp_avg_sq``; ``step`` untouched). Every tensor in ``strategy_state`` whose first dim is N is sliced; other
+    entries (scalars, non-per-Gaussian tensors, ``None``) are left alone. Built on ``gsplat.strategy.ops.remove``,
+    which would slice *every* strategy tensor, so the state is handled here. Any other reference to the old
+    Parameters (e.g. a cached parameter list) is stale afterwards.
+    """
+    if not params:
+        raise ValueError("params is empty")
+    n = next(iter(params.values())).shape[0]
+    if keep.dtype != torch.bool or keep.shape != (n,):
+        raise ValueError(f"keep must be a bool tensor of shape ({n},), got {keep.dtype} {tuple(keep.shape)}")
+    for name, param in params.items():
+        if param.shape[0] != n:
+            raise ValueError(f"params[{name!r}] has {param.shape[0]} rows, expected {n} like the others")
+        groups = optimizers[name].param_groups if name in optimizers else []
+        if not groups or any(len(group["params"]) != 1 or group["params"][0] is not param for group in groups):
+            raise ValueError(f"optimizers[{name!r}] must exist and hold exactly params[{name!r}] in each param_group")
+    keep = keep.to(next(iter(params.values())).device)
+    remove(params=params, optimizers=optimizers, state={}, mask=~keep)
+    for key, value in strategy_state.items():
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == n:
+            strategy_state[key] = value[keep.to(value.device)]
