@@ -1,0 +1,166 @@
+"""Pure-PyTorch ``rasterization``: gsplat 1.4.0's pinhole pipeline (project, SH, bin, composite) on any device."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .binning import isect_tiles, make_plan
+from .composite import CompositeFunction
+from .projection import project_gaussians, quat_scale_to_covar
+from .sh import spherical_harmonics
+
+RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+
+
+def rasterization_torch(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: int | None = None,
+    packed: bool = True,
+    tile_size: int = 16,
+    backgrounds: Tensor | None = None,
+    render_mode: str = "RGB",
+    absgrad: bool = False,
+    rasterize_mode: str = "classic",
+    covars: Tensor | None = None,
+) -> tuple[Tensor, Tensor, dict]:
+    """Same arguments, outputs and ``info`` keys as ``gsplat.rendering.rasterization`` (pinhole cameras)."""
+    n_gauss, n_cams = means.shape[0], viewmats.shape[0]
+    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, covars)
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
+    if covars is None:
+        covars = quat_scale_to_covar(quats, scales)
+    proj = project_gaussians(
+        means,
+        covars,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d,
+        near_plane,
+        far_plane,
+        radius_clip,
+        calc_compensations=rasterize_mode == "antialiased",
+    )
+    opacities = opacities.expand(n_cams, n_gauss)
+    if proj.compensations is not None:
+        opacities = opacities * proj.compensations
+
+    if sh_degree is None:
+        colors = colors.expand(n_cams, n_gauss, colors.shape[-1])
+    else:
+        # Camera centres -R^T t of the rigid world->camera transforms (gsplat inverts the 4x4; same for rigid ones,
+        # and linalg.inv is unreliable on MPS).
+        cam_centres = -(viewmats[:, None, :3, :3].transpose(-1, -2) @ viewmats[:, None, :3, 3:])[..., 0]
+        colors = spherical_harmonics(sh_degree, means[None] - cam_centres, colors.expand(n_cams, *colors.shape[-3:]))
+        colors = torch.clamp_min(colors + 0.5, 0.0)  # gsplat's offset, as Inria's CUDA backend
+    if render_mode != "RGB":
+        depth = proj.depths[..., None]
+        colors = depth if render_mode in ("D", "ED") else torch.cat([colors, depth], dim=-1)
+        if backgrounds is not None:
+            backgrounds = (
+                backgrounds.new_zeros(n_cams, 1)
+                if render_mode in ("D", "ED")
+                else torch.cat([backgrounds, backgrounds.new_zeros(n_cams, 1)], dim=-1)
+            )
+
+    radii, means2d, depths, conics = proj.radii, proj.means2d, proj.depths, proj.conics
+    if packed:
+        camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
+        radii, means2d, depths, conics = (x[camera_ids, gaussian_ids] for x in (radii, means2d, depths, conics))
+        opacities, colors = opacities[camera_ids, gaussian_ids], colors[camera_ids, gaussian_ids]
+        flat_cams = camera_ids
+    else:
+        camera_ids = gaussian_ids = None
+        flat_cams = torch.arange(n_cams, device=means.device).repeat_interleave(n_gauss)
+
+    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    flat_means2d, flat_conics = means2d.detach().reshape(-1, 2), conics.detach().reshape(-1, 3)
+    tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = isect_tiles(
+        flat_means2d,
+        radii.reshape(-1),
+        depths.detach().reshape(-1),
+        flat_cams,
+        n_cams,
+        tile_size,
+        tile_width,
+        tile_height,
+    )
+    plan = make_plan(
+        isect_ids,
+        flatten_ids,
+        flat_means2d,
+        flat_conics,
+        opacities.detach().reshape(-1),
+        n_cams,
+        width,
+        height,
+        tile_size,
+    )
+    render_colors, render_alphas = CompositeFunction.apply(
+        means2d, conics, colors, opacities, backgrounds, plan, absgrad
+    )
+    if render_mode in ("ED", "RGB+ED"):
+        expected = render_colors[..., -1:] / render_alphas.clamp_min(1e-10)
+        render_colors = torch.cat([render_colors[..., :-1], expected], dim=-1)
+
+    info = {
+        "camera_ids": camera_ids,
+        "gaussian_ids": gaussian_ids,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opacities,
+        "tile_width": tile_width,
+        "tile_height": tile_height,
+        "tiles_per_gauss": tiles_per_gauss.reshape(radii.shape),
+        "isect_ids": isect_ids,
+        "flatten_ids": flatten_ids.int(),
+        "isect_offsets": isect_offsets,
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": n_cams,
+    }
+    return render_colors, render_alphas, info
+
+
+def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, covars) -> None:
+    """gsplat's shape contract, checked up front: a wrong shape would otherwise broadcast silently."""
+    n, c = means.shape[0], viewmats.shape[0]
+    expected = {
+        "means": (means, (n, 3)),
+        "opacities": (opacities, (n,)),
+        "viewmats": (viewmats, (c, 4, 4)),
+        "Ks": (Ks, (c, 3, 3)),
+    }
+    if covars is None:
+        expected.update(quats=(quats, (n, 4)), scales=(scales, (n, 3)))
+    else:
+        expected["covars"] = (covars, (n, 3, 3))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+    lead = tuple(colors.shape[: colors.dim() - (1 if sh_degree is None else 2)])
+    if lead not in ((n,), (c, n)) or (sh_degree is not None and colors.shape[-1] != 3):
+        layout = "[N, D] or [C, N, D]" if sh_degree is None else "[N, K, 3] or [C, N, K, 3]"
+        raise ValueError(f"colors must be {layout} with N={n}, C={c}; got {list(colors.shape)}")
