@@ -1,0 +1,77 @@
+"""Train one teacher with ns-train on the CPU, evaluate it with ns-eval, and print a table row.
+
+Example (the figure reported for the foundation issue):
+    python benchmarks/teacher_cpu.py --data ../shared/data/lego-100 --steps 3000 --variant standard
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+
+@dataclass
+class Args:
+    data: Path
+    """Scene folder (Blender format unless --dataparser says otherwise)."""
+    steps: int = 3000
+    """Training steps."""
+    variant: str = "standard"
+    """Teacher variant: standard, perturbed or dropout."""
+    output_dir: Path = Path("outputs/benchmarks")
+    """Where ns-train writes the run and this script its JSON."""
+    dataparser: str = "blender-data"
+    """nerfstudio dataparser subcommand."""
+    extra: list[str] = field(default_factory=list)
+    """Further ns-train options, e.g. --extra --pipeline.model.num-random 20000."""
+
+
+def run(args: Args) -> dict:
+    name = f"teacher-{args.variant}-{args.steps}"
+    train_cmd = [
+        "ns-train", "distilled3dgs-teacher", "--data", str(args.data), "--output-dir", str(args.output_dir),
+        "--experiment-name", name, "--timestamp", "bench", "--pipeline.model.variant", args.variant,
+        "--max-num-iterations", str(args.steps), "--machine.device-type", "cpu", "--vis", "tensorboard",
+        "--steps-per-eval-all-images", str(10 * args.steps), *args.extra, args.dataparser,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(train_cmd, check=True)
+    train_s = time.perf_counter() - start
+    config = args.output_dir / name / "distilled3dgs-teacher" / "bench" / "config.yml"
+    eval_json = args.output_dir / f"{name}-eval.json"
+    subprocess.run(["ns-eval", "--load-config", str(config), "--output-path", str(eval_json)], check=True)
+    results = json.loads(eval_json.read_text())["results"]
+    return {
+        "variant": args.variant,
+        "steps": args.steps,
+        "train_s": train_s,
+        "s_per_step": train_s / args.steps,
+        "num_gaussians": int(results["num_gaussians"]),
+        "psnr": results["psnr"],
+        "ssim": results["ssim"],
+        "lpips": results.get("lpips"),
+    }
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    row = run(args)
+    lpips = "n/a" if row["lpips"] is None else f"{row['lpips']:.4f}"
+    print("| variant | steps | wall time (s) | s/step | #Gaussians | test PSNR | test SSIM | LPIPS |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {row['variant']} | {row['steps']} | {row['train_s']:.0f} | {row['s_per_step']:.3f} | "
+        f"{row['num_gaussians']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {lpips} |"
+    )
+    json.dump(row, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
