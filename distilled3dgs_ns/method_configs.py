@@ -16,6 +16,8 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from distilled3dgs_ns.student import StudentModelConfig
+from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
 
 PAPER_STEPS = 30_000
@@ -83,3 +85,19 @@ teacher_method = MethodSpecification(
     ),
 )
 
+
+def student_config() -> TrainerConfig:
+    """The teacher's trainer settings with the distillation pipeline and the student model."""
+    config = teacher_config()
+    config.method_name = "distilled3dgs-student"
+    config.pipeline = StudentPipelineConfig(datamanager=config.pipeline.datamanager, model=StudentModelConfig())
+    return config
+
+
+student_method = MethodSpecification(
+    config=student_config(),
+    description=(
+        "Distilled-3DGS student (stage 2): distils --pipeline.teachers t1/config.yml t2/config.yml ... into a small "
+        "splat (teacher-blend loss, geometry loss, densify-then-prune). Runs on CUDA (gsplat) or any CPU."
+    ),
+)

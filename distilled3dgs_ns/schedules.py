@@ -22,6 +22,12 @@ def to_step(fraction: float, run_length: int) -> int:
     return int(round(fraction * run_length))
 
 
+def run_length_of(trainer) -> int:
+    """Last step of the run a nerfstudio trainer is about to do: a resumed run trains ``max_num_iterations`` steps
+    *after* the checkpoint's step, so schedules must be resolved against both."""
+    return getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations
+
+
 @dataclass
 class RunWindow:
     """A periodic event inside a window of the run.

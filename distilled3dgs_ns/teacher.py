@@ -17,7 +17,7 @@ from distilled3dgs_ns.regularizers import (
     PerturbationConfig,
     Regularizer,
 )
-from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH
+from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, run_length_of
 
 TeacherVariant = Literal["standard", "perturbed", "dropout"]
 
@@ -65,7 +65,7 @@ class TeacherModel(PortableSplatfactoModel):
     ) -> list[TrainingCallback]:
         trainer = training_callback_attributes.trainer
         if trainer is not None:
-            self.run_length = trainer.config.max_num_iterations
+            self.run_length = run_length_of(trainer)
         return super().get_training_callbacks(training_callback_attributes)
 
     def _render_opacities(self, opacities: torch.Tensor) -> torch.Tensor:

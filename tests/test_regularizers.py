@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from distilled3dgs_ns.regularizers import (
     quaternion_to_matrix,
     rotation_6d_to_matrix,
 )
-from distilled3dgs_ns.schedules import RunWindow
+from distilled3dgs_ns.schedules import RunWindow, run_length_of
 
 
 def test_default_window_is_the_papers_schedule():
@@ -28,6 +29,12 @@ def test_default_window_is_the_papers_schedule():
 def test_window_scales_with_run_length():
     assert RunWindow().steps(3_000) == list(range(1_600, 2_500, 100))
     assert RunWindow().steps(30) == list(range(16, 25))
+
+
+def test_run_length_of_a_resumed_trainer():
+    fresh = SimpleNamespace(_start_step=0, config=SimpleNamespace(max_num_iterations=3000))
+    resumed = SimpleNamespace(_start_step=2000, config=SimpleNamespace(max_num_iterations=1000))
+    assert run_length_of(fresh) == 3000 and run_length_of(resumed) == 3000
 
 
 @pytest.mark.parametrize("kwargs", [dict(start=0.6, stop=0.5), dict(start=-0.1), dict(stop=1.5), dict(every=0.0)])

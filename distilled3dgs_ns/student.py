@@ -1,0 +1,336 @@
+"""The student: splatfacto trained on ground truth and the teachers' blend, then pruned to the Gaussians that matter.
+
+Per step the loss is ``(1 - kd) * L(student, GT) + kd * L(student, blend)`` with splatfacto's
+``L = 0.8 * L1 + 0.2 * (1 - SSIM)``, plus, inside its window, the structure loss against the standard teacher's
+Gaussian centres. Densification is splatfacto's, capped at ``max_gaussians``, and stops at the first prune; then
+importance pruning runs twice (importance-proportional sampling, then the cumulative-mass cut), importance being
+each Gaussian's accumulated blending weight over the training views.
+
+Teachers never enter this module tree: the pipeline attaches a ``TeacherEnsemble`` (a plain object) and the training
+cameras, and hands each step's blended target in the batch as a straight-alpha RGBA image under ``TEACHER_TARGET``,
+which the model downsamples and composites exactly like its RGBA ground truth. Every schedule is a fraction of the
+run resolved against ``--max-num-iterations``; prune events fire at one exact step each, so a resumed run never
+repeats one (the checkpoint already holds the pruned set).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import duplicate, split
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.utils import writer
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber
+from torch import Tensor
+
+from distilled3dgs_ns.portable_splatfacto import (
+    GAUSSIAN_PARAM_NAMES,
+    PortableSplatfactoModel,
+    PortableSplatfactoModelConfig,
+    world_to_camera,
+)
+from distilled3dgs_ns.pruning import accumulated_blending_weight, mass_cut, prune_gaussians, sample_by_importance
+from distilled3dgs_ns.rasterization import rasterization
+from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, RunWindow, paper_fraction, run_length_of, to_step
+from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
+from distilled3dgs_ns.teachers import TeacherEnsemble, composite
+
+TEACHER_TARGET = "teacher_image"
+"""Batch key of the teachers' blended render (straight-alpha RGBA, full resolution)."""
+REINIT_OPACITY = 0.1
+"""Opacity of re-initialised Gaussians after the sampling prune (the official code's and splatfacto's initial value)."""
+
+
+@dataclass
+class CappedStrategy(DefaultStrategy):
+    """gsplat's ``DefaultStrategy`` that never grows beyond ``max_gaussians`` (gsplat 1.4 has no cap).
+
+    When more Gaussians qualify than the budget allows, the ones with the largest view-space gradient grow; the
+    official code instead skips densification altogether once the count reaches its maximum.
+    """
+
+    max_gaussians: int | None = None
+
+    @torch.no_grad()
+    def _grow_gs(
+        self,
+        params: dict[str, torch.nn.Parameter] | torch.nn.ParameterDict,
+        optimizers: dict[str, torch.optim.Optimizer],
+        state: dict[str, Any],
+        step: int,
+    ) -> tuple[int, int]:
+        if self.max_gaussians is None:
+            return super()._grow_gs(params, optimizers, state, step)
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        is_small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
+        is_split = (grads > self.grow_grad2d) & ~is_small
+        if step < self.refine_scale2d_stop_iter:
+            is_split |= state["radii"] > self.grow_scale2d
+        is_dupli = (grads > self.grow_grad2d) & is_small
+        candidates = is_dupli | is_split
+        budget = max(self.max_gaussians - len(params["means"]), 0)  # each duplicate or split adds one Gaussian
+        if int(candidates.sum()) > budget:
+            allowed = torch.zeros_like(candidates)
+            allowed[torch.where(candidates, grads, -math.inf).topk(budget).indices] = True
+            is_dupli &= allowed
+            is_split &= allowed
+        n_dupli, n_split = int(is_dupli.sum()), int(is_split.sum())
+        if n_dupli > 0:
+            duplicate(params=params, optimizers=optimizers, state=state, mask=is_dupli)
+        if n_split > 0:
+            is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
+            split(
+                params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity
+            )
+        return n_dupli, n_split
+
+
+@dataclass
+class StudentModelConfig(PortableSplatfactoModelConfig):
+    """The Distilled-3DGS student. Step-valued settings are fractions of ``--max-num-iterations`` (paper: 30k)."""
+
+    _target: type = field(default_factory=lambda: StudentModel)
+    kd_weight: float = 0.4
+    """Weight of the teacher-blend term; the ground truth gets ``1 - kd_weight`` (paper: 0.4)."""
+    kd_decay_start: float = 1.0
+    """Fraction of the run after which kd_weight falls linearly to kd_weight_final at the end (1.0: no decay), so
+    the ground truth can take over from the teachers late in training."""
+    kd_weight_final: float = 0.0
+    """kd_weight at the end of the run when decaying."""
+    structure_weight: float = 1.0
+    """Weight of the spatial-distribution (geometry) loss against the standard teacher's centres (0: off)."""
+    structure: StructureLossConfig = field(default_factory=StructureLossConfig)
+    """Histogram of the geometry loss: the paper's factorised marginals, or a true joint 3-D histogram."""
+    structure_window: RunWindow = field(
+        default_factory=lambda: RunWindow(start=paper_fraction(20_000), stop=1.0, every=paper_fraction(1_000))
+    )
+    """When the geometry loss is added (paper: every 1000 steps between 20k and 30k)."""
+    max_gaussians: int | None = 4_500_000
+    """Cap on the count during densification (the official code's default); None: no cap."""
+    prune_sample_at: float | None = paper_fraction(15_000)
+    """Importance-sampling prune (densification stops here); None: skip it."""
+    prune_sample_factor: float = 0.9
+    """Share of the Gaussians with non-zero importance kept by sampling (Mip-NeRF360 0.9; T&T, Deep Blending 0.5)."""
+    prune_reinitialize: bool = True
+    """Re-initialise the sampled Gaussians (scale from neighbours, identity rotation, opacity 0.1, DC colour kept,
+    fresh Adam state), as the official code does after the sampling prune."""
+    prune_mass_at: float | None = paper_fraction(20_000)
+    """Cumulative-mass prune; None: skip it."""
+    prune_mass: float = 0.99
+    """Share of the total importance the Gaussians kept by the mass prune hold."""
+    prune_seed: int = 0
+    """Seed of the importance sampling."""
+
+
+class StudentModel(PortableSplatfactoModel):
+    """Splatfacto plus distillation losses, capped densification and importance pruning."""
+
+    config: StudentModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.run_length = PAPER_RUN_LENGTH
+        self.teachers: TeacherEnsemble | None = None
+        self.structure_loss: StructureLoss | None = None
+        self.importance_views: Cameras | None = None
+        self.prune_generator = torch.Generator().manual_seed(self.config.prune_seed)
+        self.show_teachers = ViewerCheckbox(
+            name="Show teacher renders",
+            default_value=True,
+            visible=False,  # shown once teachers are attached (training only)
+            hint="Adds teacher_blend and teacher_<i>_<variant> to the output types (split screen compares them)",
+        )
+        self.gaussian_count = ViewerNumber(name="Gaussian count", default_value=self.num_points, disabled=True)
+        self.set_run_length(self.run_length)
+
+    def _make_strategy(self) -> CappedStrategy:
+        base = super()._make_strategy()
+        values = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
+        return CappedStrategy(**values, max_gaussians=self.config.max_gaussians)
+
+    # ------------------------------------------------------------------------------------------- wiring
+
+    def attach_teachers(self, teachers: TeacherEnsemble) -> None:
+        """Use ``teachers`` for viewer outputs and, if the geometry loss is on, the standard one's centres."""
+        self.teachers = teachers
+        self.show_teachers.visible = True
+        if self.config.structure_weight > 0:
+            self.structure_loss = StructureLoss(teachers.standard.model.means.detach(), self.config.structure)
+
+    def set_importance_views(self, cameras: Cameras) -> None:
+        """The training cameras whose blending weights define importance for pruning."""
+        self.importance_views = cameras
+
+    def set_run_length(self, run_length: int) -> None:
+        """Resolve the run-fraction schedules; densification stops at the first prune."""
+        self.run_length = run_length
+        stop = self.config.stop_split_at
+        for fraction in (self.config.prune_sample_at, self.config.prune_mass_at):
+            if fraction is not None:
+                stop = min(stop, to_step(fraction, run_length))
+        self.strategy.refine_stop_iter = stop
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            self.set_run_length(run_length_of(trainer))
+        return super().get_training_callbacks(training_callback_attributes)
+
+    # ------------------------------------------------------------------------------------------- losses
+
+    def kd_weight_at(self, step: int) -> float:
+        """kd_weight, constant until ``kd_decay_start`` then linear to ``kd_weight_final`` at the end of the run."""
+        cfg = self.config
+        start = to_step(cfg.kd_decay_start, self.run_length)
+        if step <= start or start >= self.run_length:
+            return cfg.kd_weight
+        progress = min((step - start) / (self.run_length - start), 1.0)
+        return cfg.kd_weight + progress * (cfg.kd_weight_final - cfg.kd_weight)
+
+    def structure_loss_due(self, step: int) -> bool:
+        """Whether the geometry loss is part of this step's loss."""
+        return (
+            self.structure_loss is not None
+            and self.config.structure_weight > 0
+            and self.config.structure_window.fires(step, self.run_length)
+        )
+
+    def _teacher_target(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """The blend at the current training resolution, composited on this step's background like the GT."""
+        return self.composite_with_background(self.get_gt_img(batch[TEACHER_TARGET]), outputs["background"])
+
+    def photometric_loss(self, predicted: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Splatfacto's ``(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM)`` (0.8 / 0.2), masked like its GT loss."""
+        if "mask" in batch:
+            mask = self._downscale_if_required(batch["mask"]).to(self.device)
+            predicted, target = predicted * mask, target * mask
+        l1 = torch.abs(target - predicted).mean()
+        ssim = self.ssim(target.permute(2, 0, 1)[None], predicted.permute(2, 0, 1)[None])
+        return (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * (1 - ssim)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        kd_weight = self.kd_weight_at(self.step) if TEACHER_TARGET in batch else 0.0
+        if kd_weight > 0:
+            target = self._teacher_target(outputs, batch)
+            loss_dict["main_loss"] = (1 - kd_weight) * loss_dict["main_loss"]
+            loss_dict["kd_loss"] = kd_weight * self.photometric_loss(outputs["rgb"], target, batch)
+        if self.training and self.structure_loss_due(self.step):
+            assert self.structure_loss is not None
+            loss_dict["structure_loss"] = self.config.structure_weight * self.structure_loss(self.means)
+        return loss_dict
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Any]:
+        metrics = super().get_metrics_dict(outputs, batch)
+        if TEACHER_TARGET in batch:
+            metrics["psnr_to_teachers"] = self.psnr(outputs["rgb"], self._teacher_target(outputs, batch))
+            metrics["kd_weight"] = self.kd_weight_at(self.step)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------- pruning
+
+    def prune_step(self, fraction: float | None) -> int | None:
+        """The step a prune scheduled at ``fraction`` of the run fires at (None: never)."""
+        return None if fraction is None else to_step(fraction, self.run_length)
+
+    def step_post_backward(self, step: int) -> None:
+        """Densify (until the first prune), then prune when scheduled."""
+        super().step_post_backward(step)
+        if step == self.prune_step(self.config.prune_sample_at):
+            importance = self.blending_importance()
+            keep = sample_by_importance(importance, self.config.prune_sample_factor, self.prune_generator)
+            self._prune(keep, "importance sampling", step)
+            if self.config.prune_reinitialize:
+                self.reinitialize_gaussians()
+        if step == self.prune_step(self.config.prune_mass_at):
+            self._prune(mass_cut(self.blending_importance(), self.config.prune_mass), "importance mass cut", step)
+
+    def _prune(self, keep: Tensor, how: str, step: int) -> None:
+        before = self.num_points
+        prune_gaussians(self.gauss_params, self.optimizers, self.strategy_state, keep)
+        CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians")
+        writer.put_scalar(name="student/pruned_to", scalar=self.num_points, step=step)
+        self.gaussian_count.value = self.num_points
+
+    def _render_blending(self, colors: Tensor, camera: Cameras) -> Tensor:
+        """Render per-Gaussian ``colors`` ``[N, C]`` at full resolution, no background, no parameter gradients."""
+        width, height = int(camera.width.item()), int(camera.height.item())
+        render, _, _ = rasterization(
+            means=self.means.detach(),
+            quats=self.quats.detach(),
+            scales=torch.exp(self.scales.detach()),
+            opacities=torch.sigmoid(self.opacities.detach()).squeeze(-1),
+            colors=colors,
+            viewmats=world_to_camera(camera.camera_to_worlds.to(self.device)),
+            Ks=camera.get_intrinsics_matrices().to(self.device),
+            width=width,
+            height=height,
+            packed=False,
+            sh_degree=None,
+            rasterize_mode=self.config.rasterize_mode,
+            backend="torch" if self.config.rasterizer == "torch" else "auto",
+        )
+        return render
+
+    def blending_importance(self) -> Tensor:
+        """Each Gaussian's blending weight summed over all training views and pixels ``[N]``."""
+        if self.importance_views is None:
+            raise RuntimeError(
+                "importance pruning needs the training cameras; StudentPipeline provides them "
+                "(model.set_importance_views(cameras))"
+            )
+        views = [self.importance_views[i : i + 1] for i in range(len(self.importance_views))]
+        return accumulated_blending_weight(self._render_blending, self.num_points, views, device=self.device)
+
+    @torch.no_grad()
+    def reinitialize_gaussians(self) -> None:
+        """Keep positions and DC colours, reset the rest as at initialisation, and restart Adam for every parameter."""
+        n = self.num_points
+        values = dict(self.gauss_params)
+        if n > 3:  # the neighbour search needs three neighbours
+            distances, _ = self.k_nearest_sklearn(self.means.detach(), 3)
+            scale = torch.from_numpy(distances).to(self.device).mean(dim=-1, keepdim=True).clamp_min(1e-7)
+            values["scales"] = torch.log(scale).repeat(1, 3)
+        values["quats"] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=self.device).repeat(n, 1)
+        values["opacities"] = torch.full((n, 1), math.log(REINIT_OPACITY / (1 - REINIT_OPACITY)), device=self.device)
+        values["features_rest"] = torch.zeros_like(self.features_rest)
+        for name in GAUSSIAN_PARAM_NAMES:
+            param = torch.nn.Parameter(values[name].detach().clone())
+            optimizer = self.optimizers[name]
+            optimizer.state.pop(optimizer.param_groups[0]["params"][0], None)
+            optimizer.param_groups[0]["params"] = [param]
+            self.gauss_params[name] = param
+
+    # ------------------------------------------------------------------------------------------- viewer
+
+    def get_outputs(self, camera: Cameras) -> dict[str, Tensor]:
+        """Splatfacto's outputs; in eval (viewer) renders also the teachers and their blend when attached."""
+        outputs = super().get_outputs(camera)
+        if not self.training:
+            self.gaussian_count.value = self.num_points
+            if self.teachers is not None and self.show_teachers.value:
+                outputs.update(self.teacher_outputs(camera, outputs["background"]))
+        return outputs
+
+    def teacher_outputs(self, camera: Cameras, background: Tensor) -> dict[str, Tensor]:
+        """``teacher_<i>_<variant>`` and ``teacher_blend`` renders on the student's background."""
+        assert self.teachers is not None
+        renders = self.teachers.render(camera)
+        outputs = {name: composite(r, background) for name, r in zip(self.teachers.names, renders, strict=True)}
+        outputs["teacher_blend"] = composite(self.teachers.blend(renders), background)
+        return outputs
+
+    def get_image_metrics_and_images(self, outputs, batch) -> tuple[dict[str, float], dict[str, Tensor]]:
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        if "teacher_blend" in outputs:  # evaluation during training: ground truth | blend | student
+            ground_truth = images["img"][:, : outputs["rgb"].shape[1]]
+            images["img_teacher_blend"] = torch.cat([ground_truth, outputs["teacher_blend"], outputs["rgb"]], dim=1)
+        return metrics, images

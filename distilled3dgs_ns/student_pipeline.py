@@ -1,0 +1,161 @@
+"""The student's pipeline: owns the teachers, checks them before training, and puts their blend into each batch.
+
+Teachers are loaded only for training (``test_mode == "val"``, what ``ns-train`` uses), so ``ns-eval``,
+``ns-viewer`` and ``ns-export`` of a trained student never need the teacher files. One step::
+
+    datamanager --(camera, GT)--> pipeline --camera--> TeacherEnsemble --blend--> batch[TEACHER_TARGET]
+    pipeline --(camera, batch)--> StudentModel.get_outputs / get_loss_dict
+
+Teachers are frozen and training cameras fixed, so each training view's blend is rendered once and cached. A pseudo
+view (LightGaussian) replaces the step's camera by a copy whose position is jittered; its only target is the blend,
+which then stands in for the ground truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import profiler
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from distilled3dgs_ns.student import TEACHER_TARGET, StudentModel, StudentModelConfig
+from distilled3dgs_ns.teachers import TeacherEnsemble, check_frame, check_psnr, to_straight_alpha
+
+
+@dataclass
+class StudentPipelineConfig(VanillaPipelineConfig):
+    """Distillation pipeline: ``--pipeline.teachers t1/config.yml t2/config.yml ...``."""
+
+    _target: type = field(default_factory=lambda: StudentPipeline)
+    model: StudentModelConfig = field(default_factory=StudentModelConfig)
+    teachers: list[Path] = field(default_factory=list)
+    """config.yml of each trained teacher (one or more); needed for training only."""
+    teacher_weights: list[float] | None = None
+    """Blend weight of each teacher (normalised); default: the plain mean, as in the paper."""
+    standard_teacher: int | None = None
+    """Index of the geometry-loss reference; default: the first teacher whose variant is 'standard'."""
+    teacher_min_psnr: float = 18.0
+    """A teacher must render the student's training views at least this well (dB) or training stops; a teacher of
+    another scene scores far lower. 0 disables the check."""
+    teacher_check_views: int = 3
+    """How many training views (evenly spaced) the PSNR check renders."""
+    frame_tolerance: float = 1e-4
+    """Largest allowed difference between a teacher's and the student's dataparser transform / relative scale."""
+    cache_targets: bool = True
+    """Render each training view's blend once and keep it (4 floats per pixel per training image)."""
+    pseudo_view_rate: float = 0.0
+    """Share of steps trained on a pseudo view (LightGaussian: jittered camera, teacher blend as the only target)."""
+    pseudo_view_sigma: float = 0.1
+    """Standard deviation of the camera-position jitter, in scene (post-dataparser) units."""
+    pseudo_view_seed: int = 0
+
+
+def jitter_camera(camera: Cameras, sigma: float, generator: torch.Generator) -> Cameras:
+    """A copy of ``camera`` moved by ``N(0, sigma^2)`` per axis, same orientation and intrinsics."""
+    jittered = copy.deepcopy(camera)
+    offset = torch.randn(jittered.camera_to_worlds.shape[:-2] + (3,), generator=generator) * sigma
+    jittered.camera_to_worlds[..., :3, 3] += offset.to(jittered.camera_to_worlds)
+    return jittered
+
+
+class StudentPipeline(VanillaPipeline):
+    """VanillaPipeline plus the teacher ensemble (training only) and the targets it hands to the student."""
+
+    config: StudentPipelineConfig
+    model: StudentModel
+
+    def __init__(
+        self,
+        config: StudentPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: GradScaler | None = None,
+    ) -> None:
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.teachers: TeacherEnsemble | None = None
+        self.targets: dict[int, Tensor] = {}
+        self.rgb_ground_truth = False  # RGB images have a background baked in: teachers then render on their own
+        self.pseudo_random = random.Random(config.pseudo_view_seed)
+        self.pseudo_generator = torch.Generator().manual_seed(config.pseudo_view_seed)
+        if test_mode != "val":
+            return
+        self.model.set_importance_views(self.train_cameras().to(device))
+        if config.teachers:
+            self.rgb_ground_truth = self.training_view(0)[1].shape[-1] == 3
+            self.teachers = self.load_teachers(device)
+            self.model.attach_teachers(self.teachers)
+        elif self.needs_teachers:
+            raise ValueError(
+                "the student needs teachers: pass --pipeline.teachers t1/config.yml [t2/config.yml ...] "
+                "(to train without distillation, set --pipeline.model.kd-weight 0 "
+                "--pipeline.model.structure-weight 0 --pipeline.pseudo-view-rate 0)"
+            )
+
+    @property
+    def needs_teachers(self) -> bool:
+        model = self.config.model
+        return max(model.kd_weight, model.kd_weight_final, model.structure_weight, self.config.pseudo_view_rate) > 0
+
+    def train_cameras(self) -> Cameras:
+        """The training cameras as the datamanager serves them (after any undistortion of the cached images)."""
+        getattr(self.datamanager, "cached_train", None)  # FullImageDatamanager fixes intrinsics on first access
+        return getattr(self.datamanager, "train_cameras", self.datamanager.train_dataset.cameras)
+
+    def training_view(self, index: int) -> tuple[Cameras, Tensor]:
+        """Training camera ``index`` and its ground-truth image."""
+        cached = getattr(self.datamanager, "cached_train", None)
+        image = cached[index]["image"] if cached is not None else self.datamanager.train_dataset[index]["image"]
+        return self.train_cameras()[index : index + 1].to(self.device), image
+
+    def load_teachers(self, device: str) -> TeacherEnsemble:
+        """Load and check every teacher; raises ``TeacherLoadError`` naming the file and the fix."""
+        cfg = self.config
+        teachers = TeacherEnsemble.load(cfg.teachers, device, cfg.teacher_weights, cfg.standard_teacher)
+        outputs = self.datamanager.train_dataparser_outputs
+        last = len(self.datamanager.train_dataset) - 1
+        spacing = last / max(cfg.teacher_check_views - 1, 1)
+        views = [self.training_view(i) for i in sorted({round(k * spacing) for k in range(cfg.teacher_check_views)})]
+        for index, teacher in enumerate(teachers.teachers):
+            check_frame(teacher, outputs.dataparser_transform, outputs.dataparser_scale, cfg.frame_tolerance)
+            psnr = check_psnr(teacher, views, cfg.teacher_min_psnr) if cfg.teacher_min_psnr > 0 else float("nan")
+            CONSOLE.log(
+                f"teacher {index} ({teacher.variant}, step {teacher.step}): {teacher.model.num_points} Gaussians, "
+                f"{psnr:.2f} dB on {len(views)} training views; {teacher.config_path}"
+            )
+        return teachers
+
+    def teacher_target(self, camera: Cameras) -> Tensor:
+        """Straight-alpha RGBA blend of the teachers for ``camera``, cached per training view."""
+        assert self.teachers is not None
+        cam_idx = (camera.metadata or {}).get("cam_idx")
+        if cam_idx is not None and cam_idx in self.targets:
+            return self.targets[cam_idx]
+        target = to_straight_alpha(self.teachers.render_blend(camera, self.rgb_ground_truth))
+        if cam_idx is not None and self.config.cache_targets:
+            self.targets[cam_idx] = target
+        return target
+
+    @profiler.time_function
+    def get_train_loss_dict(self, step: int):
+        camera, batch = self.datamanager.next_train(step)
+        if self.teachers is not None:
+            if self.pseudo_random.random() < self.config.pseudo_view_rate:
+                camera = jitter_camera(camera, self.config.pseudo_view_sigma, self.pseudo_generator)
+                batch = {"image": to_straight_alpha(self.teachers.render_blend(camera, self.rgb_ground_truth))}
+            else:
+                batch[TEACHER_TARGET] = self.teacher_target(camera)
+        model_outputs = self._model(camera)
+        metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
+        loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
+        return model_outputs, loss_dict, metrics_dict

@@ -1,0 +1,366 @@
+"""The student model and pipeline on the CPU: loss composition, schedules, capped densification, importance pruning
+with consistent optimizer state, the geometry loss on its schedule, pseudo views and teacher checks at start-up."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import look_at_camera, make_model
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.engine.optimizers import Optimizers
+from test_teachers import write_teacher
+
+from distilled3dgs_ns.method_configs import splatfacto_optimizers
+from distilled3dgs_ns.pruning import mass_cut
+from distilled3dgs_ns.schedules import RunWindow
+from distilled3dgs_ns.student import TEACHER_TARGET, StudentModelConfig
+from distilled3dgs_ns.student_pipeline import StudentPipelineConfig, jitter_camera
+from distilled3dgs_ns.teacher import TeacherModelConfig
+from distilled3dgs_ns.teachers import Teacher, TeacherEnsemble, TeacherLoadError
+
+SIZE = 24
+POSITIONS = ((2.0, 0.5, 1.0), (-1.5, 1.5, 1.2), (0.5, -2.0, 0.8))
+CAMERA = look_at_camera(POSITIONS[0], size=SIZE)
+
+
+def _student(num_points: int = 300, **overrides):
+    config = StudentModelConfig(num_downscales=0, background_color="black", **overrides)
+    return make_model(config, num_points=num_points)
+
+
+def _optimizers(model) -> Optimizers:
+    wanted = model.get_param_groups()
+    config = {k: v for k, v in splatfacto_optimizers(max_steps=100).items() if k in wanted}
+    return Optimizers(config, wanted)
+
+
+def _cameras(positions=POSITIONS) -> Cameras:
+    cameras = [look_at_camera(p, size=SIZE) for p in positions]
+    return Cameras(
+        camera_to_worlds=torch.cat([c.camera_to_worlds for c in cameras]),
+        fx=torch.cat([c.fx for c in cameras]),
+        fy=torch.cat([c.fy for c in cameras]),
+        cx=torch.cat([c.cx for c in cameras]),
+        cy=torch.cat([c.cy for c in cameras]),
+        width=torch.cat([c.width for c in cameras]),
+        height=torch.cat([c.height for c in cameras]),
+    )
+
+
+def _ensemble(seed: int = 3) -> TeacherEnsemble:
+    model = make_model(TeacherModelConfig(num_downscales=0, background_color="black"), num_points=200, seed=seed)
+    return TeacherEnsemble([Teacher(Path("teacher/config.yml"), model.eval().requires_grad_(False), "standard", 0)])
+
+
+def _train_step(model, optimizers: Optimizers, step: int, batch: dict) -> dict:
+    model.step_cb(optimizers, step)
+    optimizers.zero_grad_all()
+    losses = model.get_loss_dict(model.get_outputs(CAMERA), batch)
+    sum(losses.values()).backward()
+    optimizers.optimizer_step_all()
+    model.step_post_backward(step)
+    return losses
+
+
+def _photometric(predicted: torch.Tensor, target: torch.Tensor, model) -> torch.Tensor:
+    ssim = model.ssim(target.permute(2, 0, 1)[None], predicted.permute(2, 0, 1)[None])
+    return 0.8 * (predicted - target).abs().mean() + 0.2 * (1 - ssim)
+
+
+# ------------------------------------------------------------------------------------------------------- losses
+
+
+def test_loss_mixes_ground_truth_and_teacher_blend():
+    model = _student(kd_weight=0.4)
+    model.train()
+    model.step_cb(_optimizers(model), 0)
+    outputs = model.get_outputs(CAMERA)
+    predicted = outputs["rgb"]
+    ground_truth, blend = torch.rand(SIZE, SIZE, 3), torch.rand(SIZE, SIZE, 3)
+    target = torch.cat([blend, torch.ones(SIZE, SIZE, 1)], dim=-1)
+    losses = model.get_loss_dict(outputs, {"image": ground_truth, TEACHER_TARGET: target})
+    torch.testing.assert_close(losses["main_loss"], 0.6 * _photometric(predicted, ground_truth, model))
+    torch.testing.assert_close(losses["kd_loss"], 0.4 * _photometric(predicted, blend, model))
+    # the target is composited on the step's background, like an RGBA ground truth: transparent means background
+    transparent = torch.cat([blend, torch.zeros(SIZE, SIZE, 1)], dim=-1)
+    losses = model.get_loss_dict(outputs, {"image": ground_truth, TEACHER_TARGET: transparent})
+    torch.testing.assert_close(losses["kd_loss"], 0.4 * _photometric(predicted, torch.zeros_like(blend), model))
+    # no target: splatfacto's loss, untouched
+    losses = model.get_loss_dict(outputs, {"image": ground_truth})
+    assert "kd_loss" not in losses
+    torch.testing.assert_close(losses["main_loss"], _photometric(predicted, ground_truth, model))
+
+
+def test_kd_weight_decays_towards_the_end_when_asked():
+    model = _student(kd_weight=0.4, kd_decay_start=0.5, kd_weight_final=0.1)
+    model.set_run_length(100)
+    assert [model.kd_weight_at(s) for s in (0, 50)] == [0.4, 0.4]
+    assert model.kd_weight_at(75) == pytest.approx(0.25)
+    assert model.kd_weight_at(100) == pytest.approx(0.1)
+    constant = _student()  # default: no decay
+    constant.set_run_length(100)
+    assert constant.kd_weight_at(100) == 0.4
+
+
+def test_structure_loss_is_added_on_its_schedule_and_moves_the_means():
+    model = _student(structure_window=RunWindow(start=0.5, stop=1.0, every=0.1), structure_weight=2.0)
+    model.set_run_length(100)  # fires at 60, 70, 80, 90
+    model.attach_teachers(_ensemble())
+    model.train()
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    due = {}
+    for step in (50, 55, 60, 100):
+        model.step_cb(optimizers, step)
+        losses = model.get_loss_dict(model.get_outputs(CAMERA), batch)
+        due[step] = "structure_loss" in losses
+        if due[step]:
+            assert losses["structure_loss"] > 0
+            model.means.grad = None
+            losses["structure_loss"].backward()
+            assert model.means.grad.abs().sum() > 0
+    assert due == {50: False, 55: False, 60: True, 100: False}
+
+
+def test_no_structure_loss_without_a_standard_teacher():
+    model = _student()
+    ensemble = _ensemble()
+    ensemble.teachers[0].variant = "dropout"
+    with pytest.raises(ValueError, match="--pipeline.standard-teacher"):
+        model.attach_teachers(ensemble)
+    _student(structure_weight=0.0).attach_teachers(ensemble)  # the geometry loss is off: no reference needed
+
+
+# ----------------------------------------------------------------------------------------- densify, then prune
+
+
+def test_densification_is_capped():
+    settings = dict(warmup_length=2, refine_every=2, densify_grad_thresh=1e-9, stop_split_at=100)
+    counts = {}
+    for cap in (None, 110):
+        model = _student(100, max_gaussians=cap, prune_sample_at=None, prune_mass_at=None, **settings)
+        model.train()
+        optimizers = _optimizers(model)
+        target = {"image": torch.rand(SIZE, SIZE, 3)}
+        for step in range(8):  # refinement at step 6 (it pauses for 4 views + 2 steps after the step-0 reset)
+            _train_step(model, optimizers, step, target)
+        counts[cap] = model.num_points
+        for name, param in model.gauss_params.items():
+            assert optimizers.optimizers[name].param_groups[0]["params"][0] is param
+    assert counts[None] > 110
+    assert 100 < counts[110] <= 110
+
+
+def test_densification_stops_at_the_first_prune():
+    model = _student(stop_split_at=15_000)
+    model.set_run_length(100)
+    assert model.strategy.refine_stop_iter == 50
+    model = _student(prune_sample_at=None, prune_mass_at=0.7)
+    model.set_run_length(100)
+    assert model.strategy.refine_stop_iter == 70
+    model = _student(prune_sample_at=None, prune_mass_at=None, stop_split_at=1234)
+    model.set_run_length(100)
+    assert model.strategy.refine_stop_iter == 1234
+
+
+def _student_with_unseen_half():
+    """300 Gaussians: the first 150 in front of the cameras, the others far above them (never seen)."""
+    model = _student(prune_sample_factor=0.6, prune_mass=0.9, prune_sample_at=0.5, prune_mass_at=0.75)
+    with torch.no_grad():
+        model.gauss_params["means"][150:] += torch.tensor([0.0, 0.0, 100.0])
+    model.set_importance_views(_cameras())
+    model.set_run_length(20)  # sampling prune at step 10, mass cut at 15
+    model.train()
+    return model
+
+
+def test_pruning_keeps_important_gaussians_and_a_consistent_optimizer():
+    model = _student_with_unseen_half()
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    for step in range(10):
+        _train_step(model, optimizers, step, batch)
+    importance = model.blending_importance()
+    assert (importance[:150] > 0).sum() > 100 and (importance[150:] == 0).all()
+
+    # the mass cut keeps exactly the top of the importance ranking, and Adam's moments follow their Gaussians
+    keep = mass_cut(importance, 0.9)
+    kept_means = model.means.detach()[keep]
+    moments = {name: optimizers.optimizers[name].state[p]["exp_avg"][keep] for name, p in model.gauss_params.items()}
+    model._prune(keep, "test", step=9)
+    assert torch.equal(model.means.detach(), kept_means)
+    assert model.importance_views is not None and model.num_points == int(keep.sum())
+    for name, param in model.gauss_params.items():
+        optimizer = optimizers.optimizers[name]
+        assert optimizer.param_groups[0]["params"][0] is param
+        torch.testing.assert_close(optimizer.state[param]["exp_avg"], moments[name])
+    assert model.strategy_state["grad2d"].shape[0] == model.num_points
+    _train_step(model, optimizers, 10, batch)  # and training goes on (with the scheduled sampling prune at 10)
+
+
+def test_prune_schedule_samples_reinitialises_then_cuts():
+    model = _student_with_unseen_half()
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    for step in range(10):
+        _train_step(model, optimizers, step, batch)
+    assert model.num_points == 300
+    visible = int((model.blending_importance() > 0).sum())
+    sampled = {}
+    reinitialize = model.reinitialize_gaussians
+
+    def spy() -> None:
+        sampled.update(means=model.means.detach().clone(), dc=model.features_dc.detach().clone())
+        reinitialize()
+
+    model.reinitialize_gaussians = spy
+    _train_step(model, optimizers, 10, batch)  # importance sampling, then re-initialisation
+    assert model.num_points == round(0.6 * visible)
+    assert (model.means[:, 2] < 50).all()  # nothing unseen survives
+    assert torch.allclose(torch.sigmoid(model.opacities), torch.tensor(0.1))
+    assert torch.equal(model.quats, torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand_as(model.quats))
+    assert torch.equal(model.means, sampled["means"]) and torch.equal(model.features_dc, sampled["dc"])
+    for name, param in model.gauss_params.items():
+        optimizer = optimizers.optimizers[name]
+        assert optimizer.param_groups[0]["params"][0] is param and param not in optimizer.state  # fresh Adam
+
+    for step in range(11, 16):
+        _train_step(model, optimizers, step, batch)
+    after_cut = model.num_points
+    assert after_cut < round(0.6 * visible)  # the mass cut at 15
+    _train_step(model, optimizers, 16, batch)
+    assert model.num_points == after_cut  # nothing else prunes (densification stopped at 10)
+
+
+# ------------------------------------------------------------------------------------------------ pseudo views
+
+
+def test_jitter_moves_the_camera_and_keeps_orientation_and_intrinsics():
+    generator = torch.Generator().manual_seed(0)
+    moved = [jitter_camera(CAMERA, 0.1, generator) for _ in range(400)]
+    offsets = torch.stack([m.camera_to_worlds[0, :3, 3] - CAMERA.camera_to_worlds[0, :3, 3] for m in moved])
+    assert offsets.std().item() == pytest.approx(0.1, rel=0.1)
+    assert all(torch.equal(m.camera_to_worlds[0, :3, :3], CAMERA.camera_to_worlds[0, :3, :3]) for m in moved)
+    assert all(torch.equal(m.fx, CAMERA.fx) and m.width == CAMERA.width for m in moved)
+    assert not torch.equal(moved[0].camera_to_worlds, CAMERA.camera_to_worlds)
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory) -> Path:
+    from distilled3dgs_ns.scenes import EmbeddedSceneConfig, write_embedded_scene
+
+    config = EmbeddedSceneConfig(image_size=SIZE, n_train=4, n_val=1, n_test=1, supersample=1)
+    return write_embedded_scene(tmp_path_factory.mktemp("scene") / "embedded", config)
+
+
+@pytest.fixture(scope="module")
+def teacher_config(tmp_path_factory) -> Path:
+    model = make_model(TeacherModelConfig(num_downscales=0), num_points=200, seed=5)
+    return write_teacher(tmp_path_factory.mktemp("teacher") / "standard", model)
+
+
+def _pipeline(scene: Path, teachers: list[Path], test_mode: str = "val", model: dict | None = None, **overrides):
+    model_config = StudentModelConfig(
+        random_init=True, num_random=200, random_scale=1.0, num_downscales=0, sh_degree=1, **(model or {})
+    )
+    config = StudentPipelineConfig(
+        datamanager=FullImageDatamanagerConfig(dataparser=BlenderDataParserConfig(data=scene)),
+        model=model_config,
+        teachers=teachers,
+        **overrides,
+    )
+    return config.setup(device="cpu", test_mode=test_mode)
+
+
+def _capture_batches(pipeline) -> list[dict]:
+    batches = []
+    get_loss_dict = pipeline.model.get_loss_dict
+
+    def spy(outputs, batch, metrics_dict=None):
+        batches.append(batch)
+        return get_loss_dict(outputs, batch, metrics_dict)
+
+    pipeline.model.get_loss_dict = spy
+    return batches
+
+
+def _pipeline_step(pipeline, step: int) -> dict:
+    optimizers = _optimizers(pipeline.model)
+    pipeline.model.step_cb(optimizers, step)
+    _, losses, _ = pipeline.get_train_loss_dict(step)
+    sum(losses.values()).backward()
+    return losses
+
+
+def test_pipeline_hands_cached_teacher_targets_to_the_student(small_scene, teacher_config):
+    pipeline = _pipeline(small_scene, [teacher_config], teacher_min_psnr=0.0)
+    batches = _capture_batches(pipeline)
+    losses = _pipeline_step(pipeline, 0)
+    assert set(losses) >= {"main_loss", "kd_loss"}
+    target = batches[0][TEACHER_TARGET]
+    assert target.shape == (SIZE, SIZE, 4) and not target.requires_grad
+    assert len(pipeline.targets) == 1  # cached per training view
+    assert pipeline.model.importance_views is not None and len(pipeline.model.importance_views) == 4
+    assert pipeline.model.features_rest.shape[1] == 3  # SH degree 1 student of an SH degree 3 teacher
+
+
+def test_pseudo_views_are_supervised_by_the_blend_alone(small_scene, teacher_config):
+    pipeline = _pipeline(small_scene, [teacher_config], teacher_min_psnr=0.0, pseudo_view_rate=1.0)
+    batches = _capture_batches(pipeline)
+    losses = _pipeline_step(pipeline, 0)
+    assert TEACHER_TARGET not in batches[0] and "kd_loss" not in losses
+    assert batches[0]["image"].shape == (SIZE, SIZE, 4)  # the blend stands in for the ground truth
+    assert not pipeline.targets  # jittered views are never cached
+
+
+def test_pipeline_checks_teachers_before_training(small_scene, teacher_config):
+    # a random cloud does not reproduce this scene's views
+    with pytest.raises(TeacherLoadError, match=r"standard[/\\]config\.yml: renders .* dB PSNR"):
+        _pipeline(small_scene, [teacher_config], teacher_min_psnr=18.0)
+    with pytest.raises(ValueError, match="needs teachers: pass --pipeline.teachers"):
+        _pipeline(small_scene, [])
+
+
+def test_evaluation_never_needs_the_teachers(small_scene, tmp_path):
+    missing = tmp_path / "gone" / "config.yml"
+    pipeline = _pipeline(small_scene, [missing], test_mode="test")
+    assert pipeline.teachers is None
+    pipeline.eval()
+    assert "teacher_blend" not in pipeline.model.get_outputs_for_camera(CAMERA)
+
+
+def test_without_distillation_no_teachers_are_needed(small_scene):
+    pipeline = _pipeline(small_scene, [], model={"kd_weight": 0.0, "structure_weight": 0.0})
+    losses = _pipeline_step(pipeline, 0)
+    assert set(losses) == {"main_loss", "scale_reg"} and math.isfinite(losses["main_loss"].item())
+
+
+def test_viewer_shows_teachers_next_to_the_student(small_scene, teacher_config):
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    pipeline = _pipeline(small_scene, [teacher_config, teacher_config], teacher_min_psnr=0.0)
+    elements = dict(parse_object(pipeline, ViewerElement, "Custom Elements"))
+    checkbox = elements["Custom Elements/model/show_teachers"]
+    assert checkbox.visible and checkbox.value  # teachers attached: shown by default
+    assert elements["Custom Elements/model/gaussian_count"].value == pipeline.model.num_points
+    pipeline.eval()
+    outputs = pipeline.model.get_outputs_for_camera(CAMERA)
+    for key in ("rgb", "teacher_blend", "teacher_0_standard", "teacher_1_standard"):
+        assert outputs[key].shape == (SIZE, SIZE, 3), key
+    checkbox.value = False
+    assert "teacher_blend" not in pipeline.model.get_outputs_for_camera(CAMERA)
+
+
+def test_entry_point_registers_the_student():
+    from nerfstudio.plugins.registry import discover_methods
+
+    methods, descriptions = discover_methods()
+    assert "distilled3dgs-student" in methods, "is the package installed (pip install -e .)?"
+    assert isinstance(methods["distilled3dgs-student"].pipeline, StudentPipelineConfig)
+    assert "--pipeline.teachers" in descriptions["distilled3dgs-student"]
