@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,21 @@ def make_model(config, num_points: int = 300, num_train_data: int = 4, seed: int
         model.gauss_params["opacities"].fill_(2.0)
         model.gauss_params["scales"].fill_(math.log(0.05))
     return model
+
+
+def e2e_scene(scratch: Path) -> Path:
+    """lego-100 from shared/ when present, else the embedded scene written (small) into ``scratch``."""
+    lego = shared_dir() / "data" / "lego-100"
+    if lego.exists():
+        return lego
+    from distilled3dgs_ns.scenes import EmbeddedSceneConfig, write_embedded_scene
+
+    return write_embedded_scene(scratch / "embedded", EmbeddedSceneConfig(image_size=64))
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run an ns-* command as a user would (LPIPS off: offline), failing the test with its output."""
+    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result

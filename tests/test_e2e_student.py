@@ -5,15 +5,13 @@ resume. Uses the real lego-100 scene from shared/ when present, the embedded sce
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import shared_dir
+from helpers import e2e_scene, run_cli
 
 TEACHER_STEPS = 40
 STUDENT_STEPS = 40
@@ -24,24 +22,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    lego = shared_dir() / "data" / "lego-100"
-    if lego.exists():
-        return lego
-    from distilled3dgs_ns.scenes import EmbeddedSceneConfig, write_embedded_scene
-
-    return write_embedded_scene(tmp_path_factory.mktemp("scene") / "embedded", EmbeddedSceneConfig(image_size=64))
+    return e2e_scene(tmp_path_factory.mktemp("scene"))
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e-student")
-
-
-def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1"}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 def _common(scene: Path, experiment: str, steps: int) -> list[str]:
@@ -76,7 +62,7 @@ def teachers(scene, workdir) -> list[Path]:
         for variant in VARIANTS
     ]  # fmt: skip
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:  # the three trainings use the cores together
-        list(pool.map(lambda command: _run(command, cwd=workdir), commands))
+        list(pool.map(lambda command: run_cli(command, cwd=workdir), commands))
     return [
         Path("outputs") / f"teacher-{variant}" / "distilled3dgs-teacher" / "run" / "config.yml" for variant in VARIANTS
     ]
@@ -95,7 +81,7 @@ def _student_args(scene: Path, teachers: list[Path], experiment: str, steps: int
 @pytest.fixture(scope="module")
 def student(scene, workdir, teachers) -> Path:
     """The student, distilled from the three teachers; its run folder."""
-    result = _run([*_student_args(scene, teachers, "student", STUDENT_STEPS), "blender-data"], cwd=workdir)
+    result = run_cli([*_student_args(scene, teachers, "student", STUDENT_STEPS), "blender-data"], cwd=workdir)
     log = result.stdout + result.stderr
     for index, variant in enumerate(VARIANTS):
         assert f"teacher {index} ({variant}, step {TEACHER_STEPS - 1})" in log, log[-3000:]
@@ -123,7 +109,7 @@ def test_eval_reports_quality_count_and_size_without_teacher_files(student, teac
     (workdir / "outputs" / "teacher-standard").rename(hidden)  # ns-eval must not need any teacher
     try:
         output = workdir / "eval-student.json"
-        _run(["ns-eval", "--load-config", str(student / "config.yml"), "--output-path", str(output)], cwd=workdir)
+        run_cli(["ns-eval", "--load-config", str(student / "config.yml"), "--output-path", str(output)], cwd=workdir)
     finally:
         hidden.rename(workdir / "outputs" / "teacher-standard")
     results = json.loads(output.read_text())["results"]
@@ -136,7 +122,7 @@ def test_export_writes_the_students_gaussians(student, workdir):
     from plyfile import PlyData
 
     out = workdir / "export-student"
-    _run(
+    run_cli(
         ["ns-export", "gaussian-splat", "--load-config", str(student / "config.yml"), "--output-dir", str(out)], workdir
     )
     vertex = PlyData.read(str(out / "splat.ply"))["vertex"]
@@ -150,7 +136,7 @@ def test_student_resumes_mid_schedule_without_pruning_again(scene, teachers, stu
     # --max-num-iterations more steps, so 19 more finish the same 40-step schedule (mass cut at step 27)
     checkpoint = student / "nerfstudio_models" / "step-000000020.ckpt"
     args = _student_args(scene, teachers, "student-resumed", STUDENT_STEPS - 21)
-    result = _run([*args, "--load-checkpoint", str(checkpoint), "blender-data"], cwd=workdir)
+    result = run_cli([*args, "--load-checkpoint", str(checkpoint), "blender-data"], cwd=workdir)
     log = result.stdout + result.stderr
     assert "Done loading Nerfstudio checkpoint" in log
     assert "importance sampling kept" not in log  # done before the checkpoint

@@ -4,7 +4,6 @@ ns-viewer. Uses the real lego-100 scene from shared/ when present, the embedded 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import shared_dir
+from helpers import e2e_scene, run_cli
 
 STEPS = 40
 
@@ -21,19 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    lego = shared_dir() / "data" / "lego-100"
-    if lego.exists():
-        return lego
-    from distilled3dgs_ns.scenes import EmbeddedSceneConfig, write_embedded_scene
-
-    return write_embedded_scene(tmp_path_factory.mktemp("scene") / "embedded", EmbeddedSceneConfig(image_size=64))
-
-
-def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1"}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return e2e_scene(tmp_path_factory.mktemp("scene"))
 
 
 def _train_args(scene: Path, variant: str, steps: int) -> list[str]:
@@ -65,7 +52,7 @@ def trained(scene, workdir) -> dict[str, Path]:
     """Train one teacher of each variant; returns their config.yml paths."""
     configs = {}
     for variant in ("standard", "perturbed", "dropout"):
-        _run(_train_args(scene, variant, STEPS), cwd=workdir)
+        run_cli(_train_args(scene, variant, STEPS), cwd=workdir)
         config = workdir / "outputs" / f"teacher-{variant}" / "distilled3dgs-teacher" / "run" / "config.yml"
         assert config.exists()
         configs[variant] = config
@@ -76,7 +63,7 @@ def trained(scene, workdir) -> dict[str, Path]:
 def test_eval_writes_metrics_with_gaussian_count(trained, workdir, variant):
     output = workdir / f"eval-{variant}.json"
     # from another working directory, with the config path relative to the training one
-    _run(["ns-eval", "--load-config", str(trained[variant]), "--output-path", str(output)], cwd=workdir)
+    run_cli(["ns-eval", "--load-config", str(trained[variant]), "--output-path", str(output)], cwd=workdir)
     results = json.loads(output.read_text())["results"]
     assert results["num_gaussians"] > 0
     assert results["size_mb"] > 0
@@ -88,7 +75,8 @@ def test_export_writes_a_ply_that_loads_back(trained, workdir):
     from plyfile import PlyData
 
     out = workdir / "export"
-    _run(["ns-export", "gaussian-splat", "--load-config", str(trained["standard"]), "--output-dir", str(out)], workdir)
+    config = str(trained["standard"])
+    run_cli(["ns-export", "gaussian-splat", "--load-config", config, "--output-dir", str(out)], workdir)
     ply = PlyData.read(str(out / "splat.ply"))
     vertex = ply["vertex"]
     assert vertex.count > 0
@@ -100,7 +88,7 @@ def test_training_resumes_from_checkpoint(scene, trained, workdir):
     load_dir = trained["standard"].parent / "nerfstudio_models"
     args = _train_args(scene, "standard", 20)  # nerfstudio runs this many steps *after* the loaded one
     args[args.index("--experiment-name") + 1] = "teacher-resumed"
-    result = _run(args[:-1] + ["--load-dir", str(load_dir), "blender-data"], cwd=workdir)
+    result = run_cli(args[:-1] + ["--load-dir", str(load_dir), "blender-data"], cwd=workdir)
     assert "Done loading Nerfstudio checkpoint" in result.stdout + result.stderr
     ckpts = sorted((workdir / "outputs" / "teacher-resumed" / "distilled3dgs-teacher" / "run").glob("**/*.ckpt"))
     assert ckpts and ckpts[-1].name == f"step-{STEPS - 1 + 20:09d}.ckpt"
