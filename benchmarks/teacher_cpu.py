@@ -7,10 +7,11 @@ Example (the figure reported for the foundation issue):
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
@@ -28,8 +29,8 @@ class Args:
     """Where ns-train writes the run and this script its JSON."""
     dataparser: str = "blender-data"
     """nerfstudio dataparser subcommand."""
-    extra: list[str] = field(default_factory=list)
-    """Further ns-train options, e.g. --extra --pipeline.model.num-random 20000."""
+    extra: str = ""
+    """Further ns-train options, one string: --extra="--pipeline.model.num-random 20000"."""
 
 
 def run(args: Args) -> dict:
@@ -38,7 +39,7 @@ def run(args: Args) -> dict:
         "ns-train", "distilled3dgs-teacher", "--data", str(args.data), "--output-dir", str(args.output_dir),
         "--experiment-name", name, "--timestamp", "bench", "--pipeline.model.variant", args.variant,
         "--max-num-iterations", str(args.steps), "--machine.device-type", "cpu", "--vis", "tensorboard",
-        "--steps-per-eval-all-images", str(10 * args.steps), *args.extra, args.dataparser,
+        "--steps-per-eval-all-images", str(10 * args.steps), *shlex.split(args.extra), args.dataparser,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(train_cmd, check=True)
