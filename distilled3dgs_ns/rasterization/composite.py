@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .binning import TilePlan
 
-SLAB_ELEMS = 1 << 19  # pixel-Gaussian pairs per slab: bounds memory, keeps buffers cache-sized
+SLAB_ELEMS = 1 << 18  # pixel-Gaussian pairs per slab: bounds memory, keeps buffers cache-sized
 MIN_BATCH, MAX_BATCH = 16, 256  # Gaussians per block and slab; MKL's batched matmul is slow below 16
 ALPHA_MAX = 0.999
 T_STOP = 1e-4  # a pixel stops before the Gaussian that would bring its transmittance to <= T_STOP
