@@ -174,6 +174,11 @@ class PortableSplatfactoModel(SplatfactoModel):
             return None
         return min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
 
+    @property
+    def rasterizer_backend(self) -> str:
+        """``backend`` argument of ``rasterization()`` for this model's ``rasterizer`` setting."""
+        return "torch" if self.config.rasterizer == "torch" else "auto"
+
     def _render_opacities(self, opacities: torch.Tensor) -> torch.Tensor:
         """Hook for render-time opacity changes (e.g. Gaussian dropout); activated opacities ``[N]`` in and out."""
         return opacities
@@ -209,7 +214,7 @@ class PortableSplatfactoModel(SplatfactoModel):
             sparse_grad=False,
             absgrad=self.strategy.absgrad,
             rasterize_mode=self.config.rasterize_mode,
-            backend="torch" if self.config.rasterizer == "torch" else "auto",
+            backend=self.rasterizer_backend,
         )
 
     def get_outputs(self, camera: Cameras) -> dict[str, torch.Tensor]:

@@ -276,7 +276,7 @@ class StudentModel(PortableSplatfactoModel):
             packed=False,
             sh_degree=None,
             rasterize_mode=self.config.rasterize_mode,
-            backend="torch" if self.config.rasterizer == "torch" else "auto",
+            backend=self.rasterizer_backend,
         )
         return render
 
