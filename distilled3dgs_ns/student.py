@@ -3,8 +3,10 @@
 Per step the loss is ``(1 - kd) * L(student, GT) + kd * L(student, blend)`` with splatfacto's
 ``L = 0.8 * L1 + 0.2 * (1 - SSIM)``, plus, inside its window, the structure loss against the standard teacher's
 Gaussian centres. Densification is splatfacto's, capped at ``max_gaussians``, and stops at the first prune; then
-importance pruning runs twice (importance-proportional sampling, then the cumulative-mass cut), importance being
-each Gaussian's accumulated blending weight over the training views.
+up to three prune events rank the Gaussians by one score over the training views (``prune_score``: accumulated
+blending weight, or LightGaussian's global significance): importance-proportional sampling, a lowest-share cut
+(LightGaussian's) and a cumulative-mass cut. What follows the last prune is co-adaptation: plain training without
+densification, so the survivors re-adapt to the missing ones (LightGaussian's 5000 steps).
 
 Teachers never enter this module tree: the pipeline attaches a ``TeacherEnsemble`` (a plain object) and the training
 cameras, and hands each step's blended target in the batch as a straight-alpha RGBA image under ``TEACHER_TARGET``,
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -35,9 +37,16 @@ from distilled3dgs_ns.portable_splatfacto import (
     PortableSplatfactoModelConfig,
     world_to_camera,
 )
-from distilled3dgs_ns.pruning import accumulated_blending_weight, mass_cut, prune_gaussians, sample_by_importance
+from distilled3dgs_ns.pruning import (
+    accumulated_blending_weight,
+    lowest_share_mask,
+    mass_cut,
+    prune_gaussians,
+    sample_by_importance,
+)
 from distilled3dgs_ns.rasterization import rasterization
 from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, RunWindow, paper_fraction, run_length_of, to_step
+from distilled3dgs_ns.significance import significance_scores
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, composite
 
@@ -45,6 +54,10 @@ TEACHER_TARGET = "teacher_image"
 """Batch key of the teachers' blended render (straight-alpha RGBA, full resolution)."""
 REINIT_OPACITY = 0.1
 """Opacity of re-initialised Gaussians after the sampling prune (the official code's and splatfacto's initial value)."""
+MIN_COADAPTATION = paper_fraction(1_000)
+"""Co-adaptation after the last prune shorter than this share of the run (1000 of 30k steps; LightGaussian trains
+5000 after its prune) leaves the survivors little time to make up for the pruned Gaussians: warn."""
+PruneScore = Literal["blending-weight", "global-significance"]
 
 
 @dataclass
@@ -113,19 +126,40 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     """When the geometry loss is added (paper: every 1000 steps between 20k and 30k)."""
     max_gaussians: int | None = 4_500_000
     """Cap on the count during densification (the official code's default); None: no cap."""
+    prune_score: PruneScore = "blending-weight"
+    """What every prune event ranks the Gaussians by, over the training views: blending-weight, each Gaussian's
+    accumulated alpha * transmittance (Distilled-3DGS, Mini-Splatting); global-significance, LightGaussian's
+    hit count * opacity * normalised volume ^ significance_beta."""
+    significance_beta: float = 0.1
+    """Volume exponent of the global significance (LightGaussian: 0.1; 0 ranks by hit count * opacity)."""
     prune_sample_at: float | None = paper_fraction(15_000)
-    """Importance-sampling prune (densification stops here); None: skip it."""
+    """Importance-sampling prune (densification stops at the first prune); None: skip it."""
     prune_sample_factor: float = 0.9
     """Share of the Gaussians with non-zero importance kept by sampling (Mip-NeRF360 0.9; T&T, Deep Blending 0.5)."""
     prune_reinitialize: bool = True
     """Re-initialise the sampled Gaussians (scale from neighbours, identity rotation, opacity 0.1, DC colour kept,
     fresh Adam state), as the official code does after the sampling prune."""
+    prune_share_at: float | None = None
+    """LightGaussian's prune: remove the prune_share lowest-scoring Gaussians here; None: skip it. Densification
+    has stopped by then (at the first prune); the run after the last prune is co-adaptation."""
+    prune_share: float = 0.66
+    """Share of the Gaussians the lowest-share prune removes (LightGaussian: 0.66)."""
     prune_mass_at: float | None = paper_fraction(20_000)
     """Cumulative-mass prune; None: skip it."""
     prune_mass: float = 0.99
     """Share of the total importance the Gaussians kept by the mass prune hold."""
     prune_seed: int = 0
     """Seed of the importance sampling."""
+
+    def __post_init__(self) -> None:
+        """Fail at start-up rather than at the prune step, mid-run."""
+        for name in ("prune_sample_at", "prune_share_at", "prune_mass_at"):
+            fraction = getattr(self, name)
+            if fraction is not None and not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{name} is a fraction of the run in [0, 1] (or None), got {fraction}")
+        for name in ("prune_share", "prune_mass"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class StudentModel(PortableSplatfactoModel):
@@ -170,11 +204,7 @@ class StudentModel(PortableSplatfactoModel):
     def set_run_length(self, run_length: int) -> None:
         """Resolve the run-fraction schedules; densification stops at the first prune."""
         self.run_length = run_length
-        stop = self.config.stop_split_at
-        for fraction in (self.config.prune_sample_at, self.config.prune_mass_at):
-            if fraction is not None:
-                stop = min(stop, to_step(fraction, run_length))
-        self.strategy.refine_stop_iter = stop
+        self.strategy.refine_stop_iter = min([self.config.stop_split_at, *self.prune_steps()])
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -182,6 +212,7 @@ class StudentModel(PortableSplatfactoModel):
         trainer = training_callback_attributes.trainer
         if trainer is not None:
             self.set_run_length(run_length_of(trainer))
+            self.announce_prune_schedule()
         return super().get_training_callbacks(training_callback_attributes)
 
     # ------------------------------------------------------------------------------------------- losses
@@ -241,24 +272,70 @@ class StudentModel(PortableSplatfactoModel):
         """The step a prune scheduled at ``fraction`` of the run fires at (None: never)."""
         return None if fraction is None else to_step(fraction, self.run_length)
 
+    def prune_steps(self) -> list[int]:
+        """The steps of this run's prune events, ascending."""
+        cfg = self.config
+        fractions = (cfg.prune_sample_at, cfg.prune_share_at, cfg.prune_mass_at)
+        return sorted(to_step(fraction, self.run_length) for fraction in fractions if fraction is not None)
+
+    def coadaptation_steps(self) -> int | None:
+        """Steps of co-adaptation (training without densification after the last prune); None without prunes."""
+        steps = self.prune_steps()
+        return self.run_length - steps[-1] if steps else None
+
+    def announce_prune_schedule(self) -> None:
+        """Log when densification stops, the prunes and the co-adaptation; warn when the latter is very short."""
+        tail = self.coadaptation_steps()
+        if tail is None:
+            return
+        CONSOLE.log(
+            f"student: densification until step {self.strategy.refine_stop_iter}, prunes by "
+            f"{self.config.prune_score} at steps {self.prune_steps()}, then {tail} steps of co-adaptation"
+        )
+        if tail < to_step(MIN_COADAPTATION, self.run_length):
+            CONSOLE.log(
+                f"[bold yellow]Warning: only {tail} of {self.run_length} steps of co-adaptation after the last "
+                "prune; the surviving Gaussians barely re-adapt. Prune earlier (--pipeline.model.prune-*-at) or "
+                "train longer."
+            )
+
     def step_post_backward(self, step: int) -> None:
         """Densify (until the first prune), then prune when scheduled."""
         super().step_post_backward(step)
-        if step == self.prune_step(self.config.prune_sample_at):
-            importance = self.blending_importance()
-            keep = sample_by_importance(importance, self.config.prune_sample_factor, self.prune_generator)
+        cfg = self.config
+        if step == self.prune_step(cfg.prune_sample_at):
+            keep = sample_by_importance(self.prune_scores(), cfg.prune_sample_factor, self.prune_generator)
             self._prune(keep, "importance sampling", step)
-            if self.config.prune_reinitialize:
+            if cfg.prune_reinitialize:
                 self.reinitialize_gaussians()
-        if step == self.prune_step(self.config.prune_mass_at):
-            self._prune(mass_cut(self.blending_importance(), self.config.prune_mass), "importance mass cut", step)
+        if step == self.prune_step(cfg.prune_share_at):
+            self._prune(
+                lowest_share_mask(self.prune_scores(), cfg.prune_share), f"lowest-{cfg.prune_share:g} cut", step
+            )
+        if step == self.prune_step(cfg.prune_mass_at):
+            self._prune(mass_cut(self.prune_scores(), cfg.prune_mass), "importance mass cut", step)
 
     def _prune(self, keep: Tensor, how: str, step: int) -> None:
         before = self.num_points
         prune_gaussians(self.gauss_params, self.optimizers, self.strategy_state, keep)
-        CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians")
-        writer.put_scalar(name="student/pruned_to", scalar=self.num_points, step=step)
+        criterion = self.config.prune_score
+        CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians (ranked by {criterion})")
+        writer.put_scalar(name=f"student/pruned_to/{criterion}", scalar=self.num_points, step=step)
         self.gaussian_count.value = self.num_points
+
+    def prune_scores(self) -> Tensor:
+        """Each Gaussian's ``prune_score`` over the training views ``[N]``."""
+        if self.config.prune_score == "global-significance":
+            return significance_scores(self, self._importance_views(), beta=self.config.significance_beta)
+        return self.blending_importance()
+
+    def _importance_views(self) -> Cameras:
+        if self.importance_views is None:
+            raise RuntimeError(
+                "pruning needs the training cameras; StudentPipeline provides them "
+                "(model.set_importance_views(cameras))"
+            )
+        return self.importance_views
 
     def _render_blending(self, colors: Tensor, camera: Cameras) -> Tensor:
         """Render per-Gaussian ``colors`` ``[N, C]`` at full resolution, no background, no parameter gradients."""
@@ -282,12 +359,8 @@ class StudentModel(PortableSplatfactoModel):
 
     def blending_importance(self) -> Tensor:
         """Each Gaussian's blending weight summed over all training views and pixels ``[N]``."""
-        if self.importance_views is None:
-            raise RuntimeError(
-                "importance pruning needs the training cameras; StudentPipeline provides them "
-                "(model.set_importance_views(cameras))"
-            )
-        views = [self.importance_views[i : i + 1] for i in range(len(self.importance_views))]
+        cameras = self._importance_views()
+        views = [cameras[i : i + 1] for i in range(len(cameras))]
         return accumulated_blending_weight(self._render_blending, self.num_points, views, device=self.device)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""A slow, literal per-pixel rasteriser with gsplat 1.4.0's rules, for tests only.
+"""A slow, literal per-pixel rasteriser with gsplat 1.4.0's rules, and a hit counter by the same rules, for tests only.
 
 Every rule is applied one Gaussian and one pixel at a time, in plain differentiable torch ops (use float64), so
 autograd of this code is the reference gradient. It shares no code with ``distilled3dgs_ns.rasterization``; SH
@@ -44,6 +44,57 @@ def _project_one(mean, quat, scale, viewmat, K, width, height, eps2d):
     return z, mean2d, cov2d, cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype)
 
 
+def _visible_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmat: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    eps2d: float,
+    rasterize_mode: str,
+) -> tuple[list[tuple], list[int]]:
+    """``(z, index, mean2d, conic, opacity, radius)`` of the Gaussians a camera sees, front to back (ties by index),
+    and every Gaussian's radius (0: culled)."""
+    gaussians, radii = [], []
+    for g in range(len(means)):
+        z, mean2d, cov_orig, cov = _project_one(means[g], quats[g], scales[g], viewmat, K, width, height, eps2d)
+        det = cov[0, 0] * cov[1, 1] - cov[0, 1] * cov[1, 0]
+        mid = 0.5 * (cov[0, 0] + cov[1, 1]).item()
+        radius = math.ceil(3.0 * math.sqrt(mid + math.sqrt(max(0.01, mid * mid - det.item()))))
+        mx, my = mean2d.tolist()
+        visible = (
+            near_plane <= z.item() <= far_plane
+            and det.item() > 0
+            and mx + radius > 0
+            and mx - radius < width
+            and my + radius > 0
+            and my - radius < height
+        )
+        radii.append(radius if visible else 0)
+        if not visible:
+            continue
+        opacity = opacities[g]
+        if rasterize_mode == "antialiased":
+            det_orig = cov_orig[0, 0] * cov_orig[1, 1] - cov_orig[0, 1] * cov_orig[1, 0]
+            opacity = opacity * torch.sqrt(det_orig / det)
+        gaussians.append((z, g, mean2d, torch.linalg.inv(cov), opacity, radius))
+    gaussians.sort(key=lambda item: (item[0].item(), item[1]))
+    return gaussians, radii
+
+
+def _tile_ranges(mean2d: Tensor, radius: int, tile_size: int) -> tuple[set[int], set[int]]:
+    """The tile columns and rows a Gaussian's radius box touches (gsplat's tile lists)."""
+    mx, my = mean2d.tolist()
+    tiles_x = range(max(0, math.floor((mx - radius) / tile_size)), math.ceil((mx + radius) / tile_size))
+    tiles_y = range(max(0, math.floor((my - radius) / tile_size)), math.ceil((my + radius) / tile_size))
+    return set(tiles_x), set(tiles_y)
+
+
 def reference_rasterization(
     means: Tensor,
     quats: Tensor,
@@ -64,9 +115,8 @@ def reference_rasterization(
     rasterize_mode: str = "classic",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(render_colors [C,H,W,D], render_alphas [C,H,W,1], radii [C,N])`` by gsplat's rules, pixel by pixel."""
-    n_cams, n_gauss = len(viewmats), len(means)
     images, alphas, all_radii = [], [], []
-    for cam in range(n_cams):
+    for cam in range(len(viewmats)):
         viewmat, K = viewmats[cam], Ks[cam]
         if sh_degree is None:
             cam_colors = colors if colors.dim() == 2 else colors[cam]
@@ -77,40 +127,17 @@ def reference_rasterization(
             cam_colors = _spherical_harmonics(sh_degree, means - centre, colors)
             cam_colors = torch.clamp_min(cam_colors + 0.5, 0.0)
         bg = backgrounds[cam] if backgrounds is not None else None
-        gaussians, radii = [], []
-        for g in range(n_gauss):
-            z, mean2d, cov_orig, cov = _project_one(
-                means[g], quats[g], scales[g], viewmats[cam], K, width, height, eps2d
-            )
-            det = cov[0, 0] * cov[1, 1] - cov[0, 1] * cov[1, 0]
-            mid = 0.5 * (cov[0, 0] + cov[1, 1]).item()
-            radius = math.ceil(3.0 * math.sqrt(mid + math.sqrt(max(0.01, mid * mid - det.item()))))
-            mx, my = mean2d.tolist()
-            visible = (
-                near_plane <= z.item() <= far_plane
-                and det.item() > 0
-                and mx + radius > 0
-                and mx - radius < width
-                and my + radius > 0
-                and my - radius < height
-            )
-            radii.append(radius if visible else 0)
-            if not visible:
-                continue
-            opacity = opacities[g]
-            if rasterize_mode == "antialiased":
-                det_orig = cov_orig[0, 0] * cov_orig[1, 1] - cov_orig[0, 1] * cov_orig[1, 0]
-                opacity = opacity * torch.sqrt(det_orig / det)
-            conic = torch.linalg.inv(cov)
+        visible, radii = _visible_gaussians(
+            means, quats, scales, opacities, viewmat, K, width, height, near_plane, far_plane, eps2d, rasterize_mode
+        )
+        gaussians = []
+        for z, g, mean2d, conic, opacity, radius in visible:
             feature = cam_colors[g]
             if render_mode in ("D", "ED"):
                 feature = z[None]
             elif render_mode in ("RGB+D", "RGB+ED"):
                 feature = torch.cat([feature, z[None]])
-            tiles_x = range(max(0, math.floor((mx - radius) / tile_size)), math.ceil((mx + radius) / tile_size))
-            tiles_y = range(max(0, math.floor((my - radius) / tile_size)), math.ceil((my + radius) / tile_size))
-            gaussians.append((z.item(), g, mean2d, conic, opacity, feature, set(tiles_x), set(tiles_y)))
-        gaussians.sort(key=lambda item: (item[0], item[1]))  # front to back, ties by index
+            gaussians.append((z, g, mean2d, conic, opacity, feature, *_tile_ranges(mean2d, radius, tile_size)))
         all_radii.append(radii)
 
         n_channels = 1 if render_mode in ("D", "ED") else cam_colors.shape[-1] + (render_mode != "RGB")
@@ -157,3 +184,66 @@ def reference_rasterization(
         images.append(image)
         alphas.append(alpha)
     return torch.stack(images), torch.stack(alphas), torch.tensor(all_radii, dtype=torch.int32)
+
+
+def reference_hit_counts(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    tile_size: int = 16,
+    rasterize_mode: str = "classic",
+) -> Tensor:
+    """``[C, N]``: per camera, the pixels where each Gaussian is composited by gsplat's rules, counted one by one."""
+    counts = torch.zeros(len(viewmats), len(means), dtype=torch.int64)
+    for cam in range(len(viewmats)):
+        visible, _ = _visible_gaussians(
+            means,
+            quats,
+            scales,
+            opacities,
+            viewmats[cam],
+            Ks[cam],
+            width,
+            height,
+            near_plane,
+            far_plane,
+            eps2d,
+            rasterize_mode,
+        )
+        # Plain floats, front to back: (index, mean x, mean y, conic a, b, c, opacity, tile columns, tile rows).
+        gaussians = [
+            (
+                g,
+                *mean2d.tolist(),
+                conic[0, 0].item(),
+                conic[0, 1].item(),
+                conic[1, 1].item(),
+                opacity.item(),
+                *_tile_ranges(mean2d, radius, tile_size),
+            )
+            for _, g, mean2d, conic, opacity, radius in visible
+        ]
+        for i in range(height):
+            for j in range(width):
+                trans = 1.0
+                for g, mx, my, a, b, c, opacity, tiles_x, tiles_y in gaussians:
+                    if j // tile_size not in tiles_x or i // tile_size not in tiles_y:
+                        continue
+                    dx, dy = mx - (j + 0.5), my - (i + 0.5)
+                    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    alpha = min(opacity * math.exp(-sigma), 0.999)
+                    if sigma < 0 or alpha < 1.0 / 255.0:
+                        continue
+                    if trans * (1 - alpha) <= 1e-4:
+                        break
+                    counts[cam, g] += 1
+                    trans *= 1 - alpha
+    return counts

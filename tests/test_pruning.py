@@ -1,10 +1,18 @@
-"""Tests for importance scores, keep-mask selections and optimizer-consistent pruning."""
+"""Tests for importance scores (blending weight, hit counts, global significance), keep-mask selections and
+optimizer-consistent pruning."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from helpers import look_at_camera, make_model
+from nerfstudio.cameras.cameras import Cameras
+from raster_reference import reference_hit_counts
+from test_rasterization import look_at, make_scene
 
+from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModelConfig
 from distilled3dgs_ns.pruning import (
     accumulated_blending_weight,
     global_significance,
@@ -13,6 +21,11 @@ from distilled3dgs_ns.pruning import (
     prune_gaussians,
     sample_by_importance,
 )
+from distilled3dgs_ns.rasterization import composite, hit_counts
+from distilled3dgs_ns.significance import significance_scores
+
+F64 = torch.float64
+GEOMETRY = ("means", "quats", "scales", "opacities", "viewmats", "Ks", "width", "height")
 
 
 def _composite(colors: torch.Tensor, alphas: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -74,6 +87,115 @@ def test_global_significance_hand_example() -> None:
     torch.testing.assert_close(global_significance(hits, opacities, scales, beta=0.0), hits * opacities.view(-1))
     torch.testing.assert_close(
         global_significance(hits, opacities, scales, beta=1.0, volume_percentile=0.0), hits * opacities.view(-1)
+    )
+
+
+# ------------------------------------------------------------------------------------------------- hit counts
+
+
+def _counts(scene: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, reference) hit counts of a float64 scene."""
+    args = [scene[k] for k in GEOMETRY]
+    return hit_counts(*args, **kwargs), reference_hit_counts(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("seed", "rasterize_mode", "tiny_slabs"), [(0, "classic", False), (1, "antialiased", True)])
+def test_hit_counts_match_reference(
+    seed: int, rasterize_mode: str, tiny_slabs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if tiny_slabs:  # slabs of 4-5 Gaussians: transmittance carried between slabs and groups
+        monkeypatch.setattr(composite, "SLAB_ELEMS", 512)
+        monkeypatch.setattr(composite, "MIN_BATCH", 4)
+        monkeypatch.setattr(composite, "MAX_BATCH", 5)
+    scene = make_scene(n=14, n_cams=2, width=23, height=17, seed=seed)  # edge tiles half outside the image
+    ours, reference = _counts(scene, rasterize_mode=rasterize_mode)
+    assert ours.dtype == torch.int64 and ours.shape == (2, 14)
+    assert torch.equal(ours, reference)
+    assert (reference > 0).sum() > 10, "scene hits nothing: the test would be vacuous"
+    as_float32 = [scene[k].float() if torch.is_tensor(scene[k]) else scene[k] for k in GEOMETRY]
+    assert torch.equal(hit_counts(*as_float32, rasterize_mode=rasterize_mode), reference)
+
+
+def _layered_scene(layers: list[tuple[list[float], list[float], float]], width: int = 21, height: int = 13) -> dict:
+    """One camera at the origin looking down +z; ``layers`` are (mean, scales, opacity) of axis-aligned Gaussians."""
+    focal = 30.0
+    K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]], dtype=F64)
+    return {
+        "means": torch.tensor([mean for mean, _, _ in layers], dtype=F64),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=F64).repeat(len(layers), 1),
+        "scales": torch.tensor([scales for _, scales, _ in layers], dtype=F64),
+        "opacities": torch.tensor([opacity for _, _, opacity in layers], dtype=F64),
+        "viewmats": look_at([0.0, 0.0, 0.0], [0.0, 0.0, 1.0])[None],
+        "Ks": K[None],
+        "width": width,
+        "height": height,
+    }
+
+
+WALL = ([20.0, 20.0, 0.01], 0.9999)  # a disk facing the camera, wider than the view: alpha 0.999 everywhere
+
+
+def test_hit_counts_stop_behind_opaque_layers() -> None:
+    hidden = ([0.05, 0.0, 4.0], [0.2, 0.2, 0.2], 0.95)
+    ours, reference = _counts(_layered_scene([([0.0, 0.0, 2.0], *WALL), ([0.0, 0.0, 2.5], *WALL), hidden]))
+    assert torch.equal(ours, reference)
+    # The first wall is hit at every pixel and leaves T = 1e-3; the second would bring T below 1e-4, so every pixel
+    # stops there: neither it nor anything behind takes part.
+    assert ours[0].tolist() == [21 * 13, 0, 0]
+    # Behind one wall only, the hidden Gaussian's core still stops the pixels, but its faint tails are composited.
+    ours, reference = _counts(_layered_scene([([0.0, 0.0, 2.0], *WALL), hidden]))
+    assert torch.equal(ours, reference)
+    assert ours[0, 0] == 21 * 13 and 0 < ours[0, 1] < 21 * 13
+
+
+def test_hit_counts_threshold_at_1_over_255() -> None:
+    scene = _layered_scene(
+        [
+            ([0.0, 0.0, 3.0], [0.15] * 3, 0.99 / 255),  # never reaches alpha 1/255, even at its centre
+            ([0.3, 0.1, 3.0], [0.15] * 3, 2.0 / 255),  # only where exp(-sigma) >= 1/2
+            ([-0.3, 0.0, 3.0], [0.15] * 3, 0.8),
+        ]
+    )
+    ours, reference = _counts(scene)
+    assert torch.equal(ours, reference)
+    faint, strong = ours[0, 1].item(), ours[0, 2].item()
+    assert ours[0, 0] == 0 and 0 < faint < strong
+    # 2-D std ~ 0.15 * 30 / 3 = 1.5 px (plus the 0.3 px^2 blur): exp(-sigma) >= 1/2 within ~1.9 px of the centre
+    assert faint <= math.pi * (1.5**2 + 0.3) * 2 * math.log(2) + 8
+
+
+def test_significance_ranks_large_opaque_above_hidden_and_faint() -> None:
+    model = make_model(PortableSplatfactoModelConfig(num_downscales=0, background_color="black"), num_points=5)
+    camera = look_at_camera((3.0, 0.0, 0.0), size=24)  # looks down -x: larger x is nearer
+    layout = {  # name: (mean, scales, opacity)
+        "wall": ([1.0, 0.0, 0.0], [0.01, 20.0, 20.0], 0.9999),
+        "second wall": ([0.5, 0.0, 0.0], [0.01, 20.0, 20.0], 0.9999),
+        "hidden": ([-0.5, 0.0, 0.0], [0.1, 0.1, 0.1], 0.9),
+        "faint": ([2.0, 0.0, 0.0], [0.005, 0.005, 0.005], 0.02),
+        "small": ([1.5, 0.2, 0.1], [0.05, 0.05, 0.05], 0.9),
+    }
+    with torch.no_grad():
+        model.gauss_params["means"].copy_(torch.tensor([mean for mean, _, _ in layout.values()]))
+        model.gauss_params["scales"].copy_(torch.tensor([scales for _, scales, _ in layout.values()]).log())
+        model.gauss_params["opacities"].copy_(torch.logit(torch.tensor([[o] for _, _, o in layout.values()])))
+        model.gauss_params["quats"].copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(5, 4))
+    done: list[int] = []
+    scores = dict(zip(layout, significance_scores(model, camera, progress=done.append).tolist(), strict=True))
+    assert done == [1]
+    assert scores["wall"] > scores["small"] > scores["faint"] > 0
+    assert scores["hidden"] == 0 and scores["second wall"] == 0
+    assert scores["wall"] == pytest.approx(24 * 24 * 0.9999, rel=1e-4)  # every pixel, volume clipped to 1
+    # summed over views; beta = 0 drops the volume discount
+    torch.testing.assert_close(significance_scores(model, _repeated(camera, 2)), 2 * significance_scores(model, camera))
+    flat = significance_scores(model, camera, beta=0.0)
+    assert flat[0].item() == pytest.approx(scores["wall"]) and flat[3].item() > scores["faint"]
+
+
+def _repeated(camera: Cameras, times: int) -> Cameras:
+    """``times`` copies of a one-camera ``Cameras``."""
+    return Cameras(
+        camera_to_worlds=camera.camera_to_worlds.repeat(times, 1, 1),
+        **{k: getattr(camera, k).repeat(times, 1) for k in ("fx", "fy", "cx", "cy", "width", "height")},
     )
 
 

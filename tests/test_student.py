@@ -13,11 +13,14 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.utils.rich_utils import CONSOLE
 from test_teachers import write_teacher
 
+from distilled3dgs_ns import student as student_module
 from distilled3dgs_ns.method_configs import splatfacto_optimizers
-from distilled3dgs_ns.pruning import mass_cut
+from distilled3dgs_ns.pruning import lowest_share_mask, mass_cut
 from distilled3dgs_ns.schedules import RunWindow
+from distilled3dgs_ns.significance import significance_scores
 from distilled3dgs_ns.student import TEACHER_TARGET, StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig, jitter_camera
 from distilled3dgs_ns.teacher import TeacherModelConfig
@@ -235,6 +238,116 @@ def test_prune_schedule_samples_reinitialises_then_cuts():
     assert after_cut < round(0.6 * visible)  # the mass cut at 15
     _train_step(model, optimizers, 16, batch)
     assert model.num_points == after_cut  # nothing else prunes (densification stopped at 10)
+
+
+def _significance_student(num_points: int = 300, **overrides):
+    """``_student_with_unseen_half`` ranking by global significance, with only the lowest-share prune at step 10."""
+    settings = dict(prune_score="global-significance", prune_sample_at=None, prune_mass_at=None, prune_share_at=0.5)
+    model = _student(num_points, **{**settings, **overrides})
+    with torch.no_grad():
+        model.gauss_params["means"][num_points // 2 :] += torch.tensor([0.0, 0.0, 100.0])
+    model.set_importance_views(_cameras())
+    model.set_run_length(20)
+    model.train()
+    return model
+
+
+def test_share_prune_by_significance_fires_once_with_an_exact_count_and_consistent_optimizer():
+    model = _significance_student(significance_beta=0.2)
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    seen = {}
+    prune_scores = model.prune_scores
+
+    def spy():
+        scores = prune_scores()
+        expected = significance_scores(model, model.importance_views, beta=0.2)
+        seen.update(scores=scores, expected=expected, means=model.means.detach().clone())
+        seen["moments"] = {
+            n: optimizers.optimizers[n].state[p]["exp_avg"].clone() for n, p in model.gauss_params.items()
+        }
+        return scores
+
+    model.prune_scores = spy
+    for step in range(10):
+        _train_step(model, optimizers, step, batch)
+    assert model.num_points == 300 and not seen
+    _train_step(model, optimizers, 10, batch)
+    torch.testing.assert_close(seen["scores"], seen["expected"])  # ranked by significance, not blending weight
+    keep = lowest_share_mask(seen["scores"], 0.66)
+    assert model.num_points == 300 - round(0.66 * 300) == int(keep.sum())
+    assert torch.equal(model.means.detach(), seen["means"][keep])
+    assert (model.means[:, 2] < 50).all()  # the unseen half scores 0 and goes first
+    for name, param in model.gauss_params.items():
+        optimizer = optimizers.optimizers[name]
+        assert optimizer.param_groups[0]["params"][0] is param
+        torch.testing.assert_close(optimizer.state[param]["exp_avg"], seen["moments"][name][keep])
+    assert model.strategy_state["grad2d"].shape[0] == model.num_points
+    seen.clear()
+    _train_step(model, optimizers, 11, batch)
+    assert model.num_points == 102 and not seen  # one step only
+
+
+def test_every_prune_event_uses_the_configured_score(monkeypatch: pytest.MonkeyPatch):
+    model = _significance_student(prune_sample_at=0.5, prune_share_at=0.6, prune_mass_at=0.75, prune_mass=0.8)
+    optimizers = _optimizers(model)
+
+    def no_blending():
+        raise AssertionError("blending weights used although prune_score is global-significance")
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(model.num_points)
+        return significance_scores(*args, **kwargs)
+
+    model.blending_importance = no_blending
+    monkeypatch.setattr(student_module, "significance_scores", counting)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    for step in (10, 12, 15):  # sampling, lowest share, mass cut
+        _train_step(model, optimizers, step, batch)
+    assert len(calls) == 3 and calls[0] == 300 and calls[0] > calls[1] > calls[2] > model.num_points
+
+
+def test_coadaptation_after_the_prune_has_no_densification():
+    model = _significance_student(
+        100, warmup_length=2, refine_every=2, densify_grad_thresh=1e-9, stop_split_at=100, prune_share=0.5
+    )
+    assert model.strategy.refine_stop_iter == 10 and model.coadaptation_steps() == 10
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    counts = []
+    for step in range(16):  # refinement at 6 and 8 (then 10, 12, 14 were it not stopped)
+        _train_step(model, optimizers, step, batch)
+        counts.append(model.num_points)
+        if step == 11:
+            statistics = model.strategy_state["count"].clone()
+    assert counts[8] > counts[5]  # densification worked before the prune
+    assert counts[10] == counts[9] - round(0.5 * counts[9])
+    assert counts[10:] == [counts[10]] * 6
+    assert torch.equal(model.strategy_state["count"], statistics)  # not even gradient statistics are gathered
+
+
+def test_short_coadaptation_warns(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(CONSOLE, "width", 300)  # one line per message
+    model = _student(prune_mass_at=0.99)
+    model.set_run_length(300)
+    with CONSOLE.capture() as capture:
+        model.announce_prune_schedule()
+    assert "prunes by blending-weight at steps [150, 297]" in capture.get()
+    assert "only 3 of 300 steps of co-adaptation" in capture.get()
+    model = _student()  # the paper's: 10k of 30k steps after the mass cut
+    model.set_run_length(300)
+    with CONSOLE.capture() as capture:
+        model.announce_prune_schedule()
+    assert "100 steps of co-adaptation" in capture.get() and "Warning" not in capture.get()
+
+
+def test_prune_settings_are_checked_up_front():
+    with pytest.raises(ValueError, match="prune_share_at"):
+        StudentModelConfig(prune_share_at=1.5)
+    with pytest.raises(ValueError, match="prune_share must"):
+        StudentModelConfig(prune_share=-0.1)
 
 
 # ------------------------------------------------------------------------------------------------ pseudo views

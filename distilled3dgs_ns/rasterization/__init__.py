@@ -2,6 +2,7 @@
 
 gsplat's own entry point dies on CPU (its kernels are CUDA-only), so callers use this function and get the same
 outputs and ``info`` (enough for ``gsplat.strategy.DefaultStrategy``, absgrad included) on CPU or MPS.
+``hit_counts()`` counts, per Gaussian, the pixels it is composited at (gsplat 1.4 has no such output), on any device.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Literal
 
 from torch import Tensor
 
-from .torch_backend import rasterization_torch
+from .torch_backend import hit_counts, rasterization_torch
 
-__all__ = ["rasterization", "rasterization_torch"]
+__all__ = ["hit_counts", "rasterization", "rasterization_torch"]
 
 
 def rasterization(

@@ -1,4 +1,4 @@
-"""Front-to-back alpha compositing of binned Gaussians, with an analytic backward.
+"""Front-to-back alpha compositing of binned Gaussians, with an analytic backward and a hit-count pass.
 
 Work is done per slab: ``[blocks, pixels, n]`` pixel-Gaussian pairs, for the next ``n`` Gaussians of each block's
 depth-sorted list, so that beyond the intersection lists memory is O(slab), whatever the image or scene size (never
@@ -195,6 +195,30 @@ class _Compositor:
                 acc[b0:b1].baddbmm_(pairs.gather(pairs.colors, rows).transpose(1, 2), weights.transpose(1, 2))
         return acc
 
+    def hits(self) -> Tensor:
+        """Per flat Gaussian row, the number of image pixels it is composited at ``[M]`` (int64): alpha >= 1/255
+        and the pixel not yet stopped, exactly the pairs that get a non-zero weight in ``forward``."""
+        n_blocks = len(self.plan.block_lens)
+        inside = self.inside_image()
+        trans = self.means2d.new_ones(n_blocks, self.pixels, 1)
+        counts = torch.zeros(len(self.means2d), dtype=torch.int64, device=self.means2d.device)
+        for pairs, slabs in self.groups():
+            per_pair = pairs.coef.new_zeros(len(pairs.coef))  # at most sub^2 per pair: exact in floating point
+            for b0, b1, rows in slabs:
+                alpha, _ = self.alphas(pairs.gather(pairs.coef, rows).transpose(1, 2))
+                odds, t_after = self.transmittance(alpha, trans[b0:b1])
+                composited = t_after.mul_(odds).sign_()  # the weight is >= 3.9e-7 wherever it is not zero
+                per_pair.index_copy_(0, rows.flatten(), torch.bmm(inside[b0:b1], composited).flatten())
+            counts.index_add_(0, pairs.ids, per_pair[:-1].round().long())
+        return counts
+
+    def inside_image(self) -> Tensor:
+        """``[blocks, 1, P]``: 1 for the blocks' pixels inside the image, 0 for the padding of edge tiles."""
+        centres = self.plan.block_centres
+        x = centres[:, :1] + self.features[:, 3]
+        y = centres[:, 1:] + self.features[:, 4]
+        return ((x < self.plan.width) & (y < self.plan.height)).to(self.means2d.dtype)[:, None, :]
+
     def backward(self, v_out: Tensor, v_dot_out: Tensor, absgrad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Gradients from ``v_out [blocks, D+1, P]`` (dL/d colour, alpha) and ``v_dot_out [blocks, P, 1]``
         (dL/d output . output, background included).
@@ -300,6 +324,13 @@ def _image_to_blocks(plan: TilePlan, image: Tensor) -> Tensor:
     shape, perm = _image_layout(plan, k)
     blocks = image.reshape(shape).permute(perm)
     return blocks.reshape(-1, plan.sub * plan.sub, k)[plan.block_ids]
+
+
+@torch.no_grad()
+def count_hits(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
+    """Per flat Gaussian row, the number of pixels where it takes part in compositing (forward rules, no colours)."""
+    no_colors = means2d.new_zeros(opacities.numel(), 0)
+    return _Compositor(plan, means2d, conics, no_colors, opacities).hits()
 
 
 class CompositeFunction(torch.autograd.Function):

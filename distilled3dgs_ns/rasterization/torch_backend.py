@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from .binning import isect_tiles, make_plan
-from .composite import CompositeFunction
-from .projection import project_gaussians, quat_scale_to_covar
+from .binning import TilePlan, isect_tiles, make_plan
+from .composite import CompositeFunction, count_hits
+from .projection import Projection, project_gaussians, quat_scale_to_covar
 from .sh import spherical_harmonics
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -45,24 +45,22 @@ def rasterization_torch(
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
-    if covars is None:
-        covars = quat_scale_to_covar(quats, scales)
-    proj = project_gaussians(
+    proj, opacities = _project(
         means,
-        covars,
+        quats,
+        scales,
+        opacities,
         viewmats,
         Ks,
         width,
         height,
-        eps2d,
         near_plane,
         far_plane,
         radius_clip,
-        calc_compensations=rasterize_mode == "antialiased",
+        eps2d,
+        rasterize_mode,
+        covars,
     )
-    opacities = opacities.expand(n_cams, n_gauss)
-    if proj.compensations is not None:
-        opacities = opacities * proj.compensations
 
     if sh_degree is None:
         colors = colors.expand(n_cams, n_gauss, colors.shape[-1])
@@ -92,28 +90,8 @@ def rasterization_torch(
         camera_ids = gaussian_ids = None
         flat_cams = torch.arange(n_cams, device=means.device).repeat_interleave(n_gauss)
 
-    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    flat_means2d, flat_conics = means2d.detach().reshape(-1, 2), conics.detach().reshape(-1, 3)
-    tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = isect_tiles(
-        flat_means2d,
-        radii.reshape(-1),
-        depths.detach().reshape(-1),
-        flat_cams,
-        n_cams,
-        tile_size,
-        tile_width,
-        tile_height,
-    )
-    plan = make_plan(
-        isect_ids,
-        flatten_ids,
-        flat_means2d,
-        flat_conics,
-        opacities.detach().reshape(-1),
-        n_cams,
-        width,
-        height,
-        tile_size,
+    (tiles_per_gauss, isect_ids, flatten_ids, isect_offsets), plan = _bin(
+        means2d, radii, depths, conics, opacities, flat_cams, n_cams, width, height, tile_size
     )
     render_colors, render_alphas = CompositeFunction.apply(
         means2d, conics, colors, opacities, backgrounds, plan, absgrad
@@ -130,8 +108,8 @@ def rasterization_torch(
         "depths": depths,
         "conics": conics,
         "opacities": opacities,
-        "tile_width": tile_width,
-        "tile_height": tile_height,
+        "tile_width": plan.tile_width,
+        "tile_height": plan.tile_height,
         "tiles_per_gauss": tiles_per_gauss.reshape(radii.shape),
         "isect_ids": isect_ids,
         "flatten_ids": flatten_ids.int(),
@@ -142,6 +120,132 @@ def rasterization_torch(
         "n_cameras": n_cams,
     }
     return render_colors, render_alphas, info
+
+
+@torch.no_grad()
+def hit_counts(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    tile_size: int = 16,
+    rasterize_mode: str = "classic",
+    covars: Tensor | None = None,
+) -> Tensor:
+    """Per camera, the number of pixels each Gaussian takes part in compositing at ``[C, N]`` (int64).
+
+    LightGaussian's hit count: alpha >= 1/255 and the pixel not stopped yet, by the rules of ``rasterization_torch``
+    (gsplat's), with the same arguments. A forward pass without colours, on any device; memory as one render.
+    """
+    n_gauss, n_cams = means.shape[0], viewmats.shape[0]
+    _check_inputs(means, quats, scales, opacities, None, viewmats, Ks, None, covars)
+    proj, opacities = _project(
+        means,
+        quats,
+        scales,
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
+        rasterize_mode,
+        covars,
+    )
+    flat_cams = torch.arange(n_cams, device=means.device).repeat_interleave(n_gauss)
+    _, plan = _bin(
+        proj.means2d, proj.radii, proj.depths, proj.conics, opacities, flat_cams, n_cams, width, height, tile_size
+    )
+    return count_hits(plan, proj.means2d, proj.conics, opacities).reshape(n_cams, n_gauss)
+
+
+def _project(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    radius_clip: float,
+    eps2d: float,
+    rasterize_mode: str,
+    covars: Tensor | None,
+) -> tuple[Projection, Tensor]:
+    """Project into every camera; the ``[C, N]`` opacities carry the antialiasing compensation when there is one."""
+    if covars is None:
+        covars = quat_scale_to_covar(quats, scales)
+    proj = project_gaussians(
+        means,
+        covars,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d,
+        near_plane,
+        far_plane,
+        radius_clip,
+        calc_compensations=rasterize_mode == "antialiased",
+    )
+    opacities = opacities.expand(viewmats.shape[0], means.shape[0])
+    if proj.compensations is not None:
+        opacities = opacities * proj.compensations
+    return proj, opacities
+
+
+def _bin(
+    means2d: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    flat_cams: Tensor,
+    n_cams: int,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], TilePlan]:
+    """gsplat's tile intersections ``(tiles_per_gauss, isect_ids, flatten_ids, isect_offsets)`` and the
+    compositor's block plan, from flat (packed or ``[C, N]``) projected Gaussians."""
+    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    flat_means2d, flat_conics = means2d.detach().reshape(-1, 2), conics.detach().reshape(-1, 3)
+    isect = isect_tiles(
+        flat_means2d,
+        radii.reshape(-1),
+        depths.detach().reshape(-1),
+        flat_cams,
+        n_cams,
+        tile_size,
+        tile_width,
+        tile_height,
+    )
+    plan = make_plan(
+        isect[1],
+        isect[2],
+        flat_means2d,
+        flat_conics,
+        opacities.detach().reshape(-1),
+        n_cams,
+        width,
+        height,
+        tile_size,
+    )
+    return isect, plan
 
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, covars) -> None:
@@ -160,6 +264,8 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degr
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+    if colors is None:
+        return
     lead = tuple(colors.shape[: colors.dim() - (1 if sh_degree is None else 2)])
     if lead not in ((n,), (c, n)) or (sh_degree is not None and colors.shape[-1] != 3):
         layout = "[N, D] or [C, N, D]" if sh_degree is None else "[N, K, 3] or [C, N, K, 3]"

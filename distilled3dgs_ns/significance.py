@@ -1,0 +1,70 @@
+"""LightGaussian's global significance of a trained splat over its training views.
+
+``score_i = hits_i * opacity_i * V_norm_i^beta``: ``hits_i`` is the number of training pixels where Gaussian ``i``
+takes part in compositing, counted by the pure-PyTorch rasteriser's hit pass (one view at a time, no gradients, so
+memory stays at one render whatever the number of views). It ranks Gaussians for pruning (the student's
+``prune_score``) and for choosing which ones get vector-quantised in a compact export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from torch import Tensor
+
+from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, world_to_camera
+from distilled3dgs_ns.pruning import global_significance
+from distilled3dgs_ns.rasterization import hit_counts
+
+
+@torch.no_grad()
+def training_hit_counts(
+    model: PortableSplatfactoModel, cameras: Cameras, progress: Callable[[int], None] | None = None
+) -> Tensor:
+    """Per Gaussian, the pixels of all ``cameras`` (full resolution) it is composited at ``[N]`` (int64).
+
+    Rendered as the model renders (activated opacities and scales, its ``rasterize_mode``); ``progress(k)`` is
+    called after the k-th view.
+    """
+    device = model.means.device
+    means, quats = model.means.detach(), model.quats.detach()
+    scales = torch.exp(model.scales.detach())
+    opacities = torch.sigmoid(model.opacities.detach()).squeeze(-1)
+    hits = torch.zeros(model.num_points, dtype=torch.int64, device=device)
+    cameras = cameras.flatten()
+    for k in range(len(cameras)):
+        camera = cameras[k : k + 1]
+        hits += hit_counts(
+            means,
+            quats,
+            scales,
+            opacities,
+            viewmats=world_to_camera(camera.camera_to_worlds.to(device)),
+            Ks=camera.get_intrinsics_matrices().to(device),
+            width=int(camera.width.item()),
+            height=int(camera.height.item()),
+            rasterize_mode=model.config.rasterize_mode,
+        )[0]
+        if progress is not None:
+            progress(k + 1)
+    return hits
+
+
+@torch.no_grad()
+def significance_scores(
+    model: PortableSplatfactoModel,
+    cameras: Cameras,
+    beta: float = 0.1,
+    volume_percentile: float = 0.9,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """LightGaussian's global significance ``[N]`` of ``model``'s Gaussians over ``cameras`` (all training views).
+
+    ``beta`` weighs the normalised volume (0: hit count times opacity only); the volume is normalised by its
+    ``volume_percentile`` percentile and clipped to 1. ``progress(k)`` is called after the k-th view.
+    """
+    hits = training_hit_counts(model, cameras, progress)
+    opacities = torch.sigmoid(model.opacities.detach()).squeeze(-1)
+    return global_significance(hits, opacities, torch.exp(model.scales.detach()), beta, volume_percentile)
