@@ -1,0 +1,43 @@
+"""Compact storage of a trained splat: fp16 attributes, K-means VQ of the least significant SH coefficients
+(LightGaussian), a checked binary format, and its decoding to a standard 3DGS PLY."""
+
+from distilled3dgs_ns.compression.codebook import Codebook, default_codebook_size, nearest_codes, train_codebook
+from distilled3dgs_ns.compression.compact_format import (
+    FORMAT_VERSION,
+    CompactFormatError,
+    CompactGaussians,
+    read_compact,
+    read_header,
+    write_compact,
+)
+from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, pack, visible_mask
+from distilled3dgs_ns.compression.export import CompactOptions, export_compact
+from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
+from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params
+from distilled3dgs_ns.compression.ply import ply_properties, write_ply
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Codebook",
+    "CompactFormatError",
+    "CompactGaussians",
+    "CompactOptions",
+    "FinetuneOptions",
+    "VQOptions",
+    "apply_to_model",
+    "default_codebook_size",
+    "encode_gaussians",
+    "export_compact",
+    "finetune_compact",
+    "gaussians_of",
+    "model_params",
+    "nearest_codes",
+    "pack",
+    "ply_properties",
+    "read_compact",
+    "read_header",
+    "train_codebook",
+    "visible_mask",
+    "write_compact",
+    "write_ply",
+]

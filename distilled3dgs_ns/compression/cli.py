@@ -1,0 +1,148 @@
+"""``distilled3dgs-export``: write a trained splat as a compact file, decode one to a standard 3DGS PLY, or show
+what one holds. Bad input ends with one line saying what is wrong and what to do, and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+from nerfstudio.models.splatfacto import SplatfactoModel
+from rich.console import Console
+from rich.table import Table
+
+from distilled3dgs_ns.compression.compact_format import CompactFormatError, read_compact, read_header
+from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
+from distilled3dgs_ns.compression.ply import write_ply
+
+CONSOLE = Console(width=120)
+ERRORS = Console(width=120, stderr=True)
+
+
+class UsageError(Exception):
+    """A problem with the command line's input; the message says what to do."""
+
+
+@dataclass(kw_only=True)
+class Compact(CompactOptions):
+    """Write a trained splat (teacher or student config.yml) as a compact file: positions, scales, rotations,
+    opacities and SH DC in float16, the SH rest coefficients of the least significant Gaussians (LightGaussian's
+    global significance over the training views) replaced by a K-means codebook, the others in float16."""
+
+    load_config: Path
+    """config.yml of the trained model."""
+    output: Path
+    """The compact file to write (e.g. scene.compact)."""
+    data: Path | None = None
+    """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
+
+    def main(self) -> None:
+        if not self.load_config.is_file():
+            raise UsageError(f"{self.load_config}: no such config file; pass the config.yml of a trained run")
+        pipeline = _load_pipeline(self.load_config, self.data, with_images=self.finetune.steps > 0)
+        if not isinstance(pipeline.model, SplatfactoModel):
+            raise UsageError(f"{self.load_config}: a {type(pipeline.model).__name__}, not a Gaussian splatting model")
+        figures = export_compact(pipeline, None, self.output, self, source=str(self.load_config))
+        table = Table(title=f"{self.output}", show_header=False)
+        rows = [
+            ("Gaussians", f"{figures['num_gaussians']} ({figures['num_dropped_invisible']} invisible dropped)"),
+            ("vector-quantised", f"{figures['num_vq']} ({figures['vq_share']:.0%}), {figures['codebook_size']} codes"),
+            ("k-means distortion", f"{figures.get('kmeans_distortion', 0.0):.3g} (SH rest RMSE "
+                                   f"{figures.get('vq_rmse', 0.0):.3g})"),
+            ("size", f"{figures['size_mb']:.3f} MB ({figures['compression_ratio']:.1f}x smaller than the float32 PLY, "
+                     f"{figures['ply_mb']:.3f} MB)"),
+            ("time", f"{figures['export_s']:.1f} s"),
+        ]  # fmt: skip
+        if self.finetune.steps > 0:
+            rows.append(
+                ("fine-tuning loss", f"{figures['finetune_loss_first']:.4f} -> {figures['finetune_loss_last']:.4f}")
+            )
+        for row in rows:
+            table.add_row(*row)
+        CONSOLE.print(table)
+
+
+@dataclass
+class Decode:
+    """Decode a compact file into a standard 3DGS PLY (binary, Inria / ns-export gaussian-splat layout)."""
+
+    input: Path
+    """The compact file."""
+    output: Path
+    """The PLY file to write."""
+
+    def main(self) -> None:
+        gaussians = read_compact(self.input)
+        size = write_ply(self.output, gaussians, comment=f"Decoded from {self.input.name}")
+        CONSOLE.print(f"Wrote {self.output} ({gaussians.num_gaussians} Gaussians, {size / 1e6:.3f} MB)")
+
+
+@dataclass
+class Info:
+    """Check a compact file completely and show its header (counts, sections, the settings it was written with)."""
+
+    input: Path
+    """The compact file."""
+    json: bool = False
+    """Print the header as JSON."""
+
+    def main(self) -> None:
+        header = read_header(self.input)
+        gaussians = read_compact(self.input)  # the full check: checksums, decoding, finiteness
+        if self.json:
+            print(json.dumps(header, indent=2))
+            return
+        size = self.input.stat().st_size
+        ply = float32_ply_bytes(gaussians.num_gaussians, gaussians.sh_degree)
+        CONSOLE.print(
+            f"{self.input}: format v{header['format_version']}, {gaussians.num_gaussians} Gaussians, SH degree "
+            f"{gaussians.sh_degree}, {gaussians.num_vq} vector-quantised with {gaussians.codebook_size} codes, "
+            f"{header['compression']} payload; {size / 1e6:.3f} MB ({ply / size:.1f}x smaller than its float32 PLY)"
+        )
+
+
+def _load_pipeline(config: Path, data: Path | None, with_images: bool):
+    """``eval_setup`` (inference mode unless images are needed), with the data path overridden when asked."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    def override(trainer_config):
+        if data is not None:
+            trainer_config.data = data
+            trainer_config.pipeline.datamanager.data = data
+            trainer_config.pipeline.datamanager.dataparser.data = data
+        return trainer_config
+
+    try:
+        _, pipeline, _, _ = eval_setup(
+            config, test_mode="test" if with_images else "inference", update_config_callback=override
+        )
+    except FileNotFoundError as error:
+        raise UsageError(
+            f"{config}: {error}. If the scene moved or the config's data path is relative to another folder, "
+            "pass --data <scene folder>"
+        ) from None
+    return pipeline
+
+
+Commands = tyro.conf.FlagConversionOff[
+    Annotated[Compact, tyro.conf.subcommand(name="compact")]
+    | Annotated[Decode, tyro.conf.subcommand(name="decode")]
+    | Annotated[Info, tyro.conf.subcommand(name="info")]
+]
+
+
+def entrypoint(args: list[str] | None = None) -> None:
+    """The ``distilled3dgs-export`` command."""
+    command = tyro.cli(Commands, args=args)
+    try:
+        command.main()
+    except (CompactFormatError, UsageError, OSError) as error:
+        ERRORS.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,472 @@
+"""The compact format: K-means codebook, fp16 + VQ encoding, the checked file format, PLY decoding (nerfstudio's
+exporter layout), rendering a decoded file, fine-tuning with the assignment fixed, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import look_at_camera, make_model
+
+from distilled3dgs_ns.compression import (
+    CompactFormatError,
+    CompactGaussians,
+    CompactOptions,
+    FinetuneOptions,
+    VQOptions,
+    apply_to_model,
+    default_codebook_size,
+    encode_gaussians,
+    export_compact,
+    finetune_compact,
+    gaussians_of,
+    model_params,
+    nearest_codes,
+    read_compact,
+    read_header,
+    train_codebook,
+    write_compact,
+    write_ply,
+)
+from distilled3dgs_ns.compression import codebook as codebook_module
+from distilled3dgs_ns.compression.cli import entrypoint
+from distilled3dgs_ns.compression.compact_format import FORMAT_VERSION, MAGIC
+from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModelConfig
+
+FP16_RELATIVE = 2.0**-11  # half an fp16 ulp, relative
+FP16_TINY = 2.0**-25  # half the smallest fp16 subnormal
+CAMERAS = [(2.0, 0.5, 1.0), (-1.5, 1.5, 0.8), (0.3, -2.0, 1.2)]
+
+
+def _model(sh_degree: int = 3, num_points: int = 300, seed: int = 0):
+    """A tiny splat with non-trivial SH, a few invisible Gaussians, rendered at full SH degree."""
+    model = make_model(PortableSplatfactoModelConfig(num_downscales=0, sh_degree=sh_degree), num_points, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        params = model.gauss_params
+        params["features_rest"].copy_(0.3 * torch.randn(params["features_rest"].shape, generator=generator))
+        params["scales"].add_(0.3 * torch.randn(params["scales"].shape, generator=generator))
+        params["opacities"].copy_((3 * torch.randn(params["opacities"].shape, generator=generator)).clamp(-5.0, 8.0))
+        params["opacities"][:5] = -8.0  # below 1/255: dropped, as ns-export does
+        params["quats"].mul_(1.7)  # splatfacto does not keep them normalised
+    model.step = 100_000
+    model.eval()
+    return model
+
+
+def _scores(model) -> torch.Tensor:
+    """Any deterministic significance stand-in: the sigmoid opacity."""
+    return torch.sigmoid(model.gauss_params["opacities"].detach()).view(-1)
+
+
+def _encode(model, **options) -> tuple[CompactGaussians, dict]:
+    return encode_gaussians(model_params(model), model.config.sh_degree, _scores(model), VQOptions(**options), False)
+
+
+def _render(model, position) -> torch.Tensor:
+    return model.get_outputs_for_camera(look_at_camera(position, size=32))["rgb"]
+
+
+# ------------------------------------------------------------------------------------------------------ k-means
+
+
+def test_nearest_codes_matches_brute_force_across_blocks(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    vectors, codes = torch.randn(500, 7, generator=generator), torch.randn(33, 7, generator=generator)
+    monkeypatch.setattr(codebook_module, "DISTANCE_BLOCK_ELEMENTS", 33 * 40)  # 13 blocks of 40 rows
+    indices, distances = nearest_codes(vectors, codes)
+    expected = torch.cdist(vectors.double(), codes.double()).pow(2)
+    assert torch.equal(indices, expected.argmin(dim=1))
+    assert torch.allclose(distances.double(), expected.min(dim=1).values, rtol=1e-5, atol=1e-6)
+
+
+def test_kmeans_recovers_well_separated_clusters():
+    generator = torch.Generator().manual_seed(2)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    labels = torch.arange(4).repeat_interleave(50)
+    vectors = centres[labels] + 0.1 * torch.randn(200, 3, generator=generator)
+    result = train_codebook(vectors, 4, seed=0, progress=False)
+    for cluster in range(4):  # each cluster is one code, and that code sits on the cluster's centre
+        codes = result.assignment[labels == cluster].unique()
+        assert codes.numel() == 1
+        assert torch.allclose(result.codes[codes[0]], centres[cluster], atol=0.05)
+    assert result.assignment.unique().numel() == 4
+    assert result.iterations < 20  # the assignment stopped changing
+
+
+def test_kmeans_distortion_never_increases_and_is_deterministic():
+    vectors = torch.randn(600, 12, generator=torch.Generator().manual_seed(3))
+    first = train_codebook(vectors, 24, iterations=15, seed=7, progress=False)
+    history = torch.tensor(first.distortion)
+    assert len(history) >= 3 and history[-1] < history[0]
+    assert (history[1:] <= history[:-1] * (1 + 1e-6)).all(), history
+    again = train_codebook(vectors, 24, iterations=15, seed=7, progress=False)
+    assert torch.equal(first.codes, again.codes) and torch.equal(first.assignment, again.assignment)
+    other = train_codebook(vectors, 24, iterations=15, seed=8, progress=False)
+    assert not torch.equal(first.codes, other.codes)
+    _, distances = nearest_codes(vectors, first.codes)  # reported distortion is the true mean squared error
+    assert first.distortion[-1] == pytest.approx(float(distances.mean()), rel=1e-5)
+
+
+def test_empty_cluster_takes_the_farthest_vector():
+    vectors = torch.tensor([[0.0], [0.1], [5.0], [9.0]])
+    assignment = torch.tensor([0, 0, 1, 1])  # code 2 is empty
+    distances = torch.tensor([0.0, 0.01, 4.0, 4.0])
+    codes = codebook_module._update_codes(vectors, assignment, distances, 3)
+    assert codes[0].item() == pytest.approx(0.05) and codes[1].item() == pytest.approx(7.0)
+    assert codes[2].item() == 5.0  # the first of the two farthest vectors (stable order)
+
+
+def test_kmeans_with_more_codes_than_distinct_vectors():
+    vectors = torch.randn(5, 4, generator=torch.Generator().manual_seed(4)).repeat(20, 1)
+    result = train_codebook(vectors, 8, seed=0, progress=False)
+    assert torch.isfinite(result.codes).all()
+    assert torch.allclose(result.codes[result.assignment], vectors, atol=1e-6) and result.distortion[-1] < 1e-12
+
+
+def test_default_codebook_size():
+    assert default_codebook_size(0) == 0
+    assert default_codebook_size(5) == 1
+    assert default_codebook_size(1600) == 100
+    assert default_codebook_size(10_000_000) == 8192
+
+
+# ----------------------------------------------------------------------------------------------------- encoding
+
+
+def _assert_fp16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within fp16 rounding of ``expected`` (half an ulp, relative; subnormals absolute)."""
+    bound = FP16_RELATIVE * expected.abs() + FP16_TINY
+    assert ((actual - expected).abs() <= bound).all(), float(((actual - expected).abs() - bound).max())
+
+
+def test_round_trip_without_vq_is_exact_and_within_fp16(tmp_path):
+    model = _model()
+    params = model_params(model)
+    gaussians, figures = _encode(model, vq_share=0.0)
+    assert figures["num_dropped_invisible"] == 5 and gaussians.num_gaussians == 295 and gaussians.num_vq == 0
+    path = tmp_path / "scene.compact"
+    for compression in ("none", "zlib", "lzma"):
+        write_compact(path, gaussians, compression)
+        decoded = read_compact(path)
+        for name in ("scales", "quats", "opacities", "features_dc", "features_rest"):
+            assert torch.equal(getattr(decoded, name), getattr(gaussians, name)), (compression, name)
+        center, scale = gaussians.position_frame
+        assert torch.allclose(decoded.means, gaussians.means, rtol=0, atol=1e-6 * scale)
+    keep = params["opacities"].view(-1) > -6
+    for name in ("scales", "opacities", "features_dc", "features_rest"):
+        _assert_fp16_close(getattr(decoded, name), params[name][keep])
+    quats = params["quats"][keep]
+    _assert_fp16_close(decoded.quats, quats / quats.norm(dim=-1, keepdim=True))
+    assert torch.allclose(decoded.quats.norm(dim=-1), torch.ones(295), atol=1e-3)
+    # positions are stored in [-1, 1] relative to the bounding box: error at most half an ulp at 1, times the scale
+    assert (decoded.means - params["means"][keep]).abs().max() <= (2.0**-12 + 1e-6) * scale
+    assert decoded.metadata == {} and decoded.sh_degree == 3
+    write_compact(path, gaussians_of(model))  # the model's own, unnormalised quaternions are stored unit-norm
+    assert torch.allclose(read_compact(path).quats, decoded.quats, atol=2.0**-11)
+
+
+def test_vq_rows_come_from_the_codebook_and_the_rest_is_fp16(tmp_path):
+    model = _model()
+    params = model_params(model)
+    gaussians, figures = _encode(model, vq_share=0.5, codebook_size=16)
+    write_compact(tmp_path / "vq.compact", gaussians)
+    decoded = read_compact(tmp_path / "vq.compact")
+    assert decoded.num_vq == figures["num_vq"] == round(0.5 * 295) and decoded.codebook_size == 16
+    assert torch.equal(decoded.vq_mask, gaussians.vq_mask) and torch.equal(decoded.indices, gaussians.indices)
+    assert torch.equal(decoded.codebook, gaussians.codebook)
+    assert torch.equal(decoded.features_rest[decoded.vq_mask], decoded.codebook[decoded.indices])
+    keep = params["opacities"].view(-1) > -6
+    original = params["features_rest"][keep]
+    scores = _scores(model)[keep]
+    assert scores[decoded.vq_mask].max() <= scores[~decoded.vq_mask].min()  # the least significant are quantised
+    _assert_fp16_close(decoded.features_rest[~decoded.vq_mask], original[~decoded.vq_mask])
+    # each quantised vector's error is its distance to the assigned code, which is (up to fp16) its nearest code
+    vectors = original[decoded.vq_mask].flatten(1)
+    error = (decoded.features_rest[decoded.vq_mask].flatten(1) - vectors).pow(2).sum(dim=1)
+    _, nearest = nearest_codes(vectors, decoded.codebook.flatten(1))
+    assert torch.allclose(error, (vectors - decoded.codebook.flatten(1)[decoded.indices]).pow(2).sum(dim=1))
+    assert (error <= nearest + 1e-3 * nearest.mean()).all()
+    assert figures["vq_rmse"] == pytest.approx(float((error.sum() / error.numel() / 45).sqrt()), rel=1e-4)
+
+
+def test_sh_degree_zero_and_empty_models_round_trip(tmp_path):
+    model = _model(sh_degree=0)
+    gaussians, figures = _encode(model, vq_share=0.6)
+    assert figures["num_vq"] == 0 and gaussians.features_rest.shape == (295, 0, 3)
+    write_compact(tmp_path / "sh0.compact", gaussians)
+    assert torch.equal(read_compact(tmp_path / "sh0.compact").features_dc, gaussians.features_dc)
+    empty = _model(num_points=5)  # all five are invisible
+    gaussians, _ = _encode(empty, vq_share=0.6)
+    write_compact(tmp_path / "empty.compact", gaussians)
+    assert read_compact(tmp_path / "empty.compact").num_gaussians == 0
+    nothing = {name: value[:0] for name, value in model_params(empty).items()}
+    gaussians, figures = encode_gaussians(nothing, 3, torch.zeros(0), VQOptions(), progress=False)
+    write_compact(tmp_path / "nothing.compact", gaussians)
+    assert figures["num_gaussians"] == 0 and read_compact(tmp_path / "nothing.compact").num_gaussians == 0
+
+
+def test_codebooks_past_65536_codes_store_uint32_indices(tmp_path):
+    codebook = torch.randn(70_000, 3, 3, generator=torch.Generator().manual_seed(5)).half().float()
+    indices = torch.tensor([69_999, 0, 65_536])
+    gaussians = CompactGaussians(
+        means=torch.zeros(3, 3),
+        scales=torch.zeros(3, 3),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1),
+        opacities=torch.zeros(3, 1),
+        features_dc=torch.zeros(3, 3),
+        features_rest=codebook[indices],
+        sh_degree=1,
+        vq_mask=torch.ones(3, dtype=torch.bool),
+        codebook=codebook,
+        indices=indices,
+    )
+    write_compact(tmp_path / "big.compact", gaussians)
+    assert [s["dtype"] for s in read_header(tmp_path / "big.compact")["sections"]][-1] == "<u4"
+    decoded = read_compact(tmp_path / "big.compact")
+    assert torch.equal(decoded.indices, indices) and torch.equal(decoded.features_rest, codebook[indices])
+
+
+# ------------------------------------------------------------------------------------------- damaged files
+
+
+def _header_of(data: bytes) -> tuple[dict, int]:
+    length = struct.unpack_from("<I", data, 10)[0]
+    return json.loads(data[14 : 14 + length]), 14 + length + 4
+
+
+def _with_header(data: bytes, header: dict, version: int = FORMAT_VERSION) -> bytes:
+    """``data`` with another header, its checksum recomputed: a file that lies consistently."""
+    _, payload_start = _header_of(data)
+    text = json.dumps(header).encode()
+    head = MAGIC + struct.pack("<HI", version, len(text)) + text
+    return head + struct.pack("<I", zlib.crc32(head)) + data[payload_start:]
+
+
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory) -> bytes:
+    gaussians, _ = _encode(_model(), vq_share=0.5, codebook_size=8)
+    path = tmp_path_factory.mktemp("good") / "good.compact"
+    write_compact(path, gaussians, "zlib")
+    return path.read_bytes()
+
+
+def _damaged(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / "damaged.compact"
+    path.write_bytes(data)
+    with pytest.raises(CompactFormatError) as error:
+        read_compact(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and ";" in message  # the file, the problem; what to do
+    return message
+
+
+@pytest.mark.parametrize("cut", [0, 5, 13, 40, -1000, -1])
+def test_truncated_files_are_refused(tmp_path, good_file, cut):
+    length = cut if cut >= 0 else len(good_file) + cut
+    message = _damaged(tmp_path, good_file[:length])
+    assert ("truncated" in message or "empty" in message) and "re-export" in message
+
+
+def test_flipped_bytes_fail_the_checksums(tmp_path, good_file):
+    _, payload_start = _header_of(good_file)
+    for position, what in [(20, "header"), (payload_start + 100, "payload"), (-3, "payload")]:
+        data = bytearray(good_file)
+        data[position] ^= 0x10
+        assert f"{what} checksum mismatch" in _damaged(tmp_path, bytes(data))
+
+
+def test_wrong_magic_ply_and_future_version_are_named(tmp_path, good_file):
+    assert "not a distilled3dgs compact file" in _damaged(tmp_path, b"GARBAGE!" + good_file[8:])
+    assert "PLY file" in _damaged(tmp_path, b"ply\nformat binary_little_endian 1.0\n")
+    header, _ = _header_of(good_file)
+    message = _damaged(tmp_path, _with_header(good_file, header, version=FORMAT_VERSION + 1))
+    assert f"version {FORMAT_VERSION + 1}" in message and "upgrade" in message
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"num_gaussians": 296},
+        {"num_vq": 140},
+        {"codebook_size": 9},
+        {"sh_degree": 2},
+        {"payload_bytes": 1},
+        {"compression": "brotli"},
+        {"position": {"center": [0, 0], "scale": 1.0}},
+        {"num_vq": -1},
+    ],
+)
+def test_headers_lying_about_counts_are_refused(tmp_path, good_file, lie):
+    header, _ = _header_of(good_file)
+    assert "inconsistent header" in _damaged(tmp_path, _with_header(good_file, {**header, **lie}))
+
+
+def test_consistent_lie_is_caught_by_the_payload_length(tmp_path, good_file):
+    """Counts, sections and sizes all claim 300 Gaussians (the file holds 295): only the payload can tell."""
+    header, _ = _header_of(good_file)
+    shapes = {"vq_mask": [math.ceil(300 / 8)], "features_rest": [300 - header["num_vq"], 15, 3]}
+    sections = [{**s, "shape": shapes.get(s["name"], s["shape"])} for s in header["sections"]]
+    for section in sections:
+        if section["name"] in ("means", "scales", "quats", "opacities", "features_dc"):
+            section["shape"] = [300, *section["shape"][1:]]
+    size = sum(np.dtype(s["dtype"]).itemsize * math.prod(s["shape"]) for s in sections)
+    forged = {**header, "num_gaussians": 300, "sections": sections, "payload_bytes": size}
+    assert "decompresses to" in _damaged(tmp_path, _with_header(good_file, forged))
+
+
+def test_trailing_bytes_bad_mask_and_nan_are_refused(tmp_path, good_file):
+    assert "unexpected bytes" in _damaged(tmp_path, good_file + b"\0\0")
+    # an uncompressed file whose VQ mask marks one Gaussian more than the header says, checksum recomputed
+    gaussians, _ = _encode(_model(), vq_share=0.5, codebook_size=8)
+    path = tmp_path / "plain.compact"
+    write_compact(path, gaussians, "none")
+    data = bytearray(path.read_bytes())
+    header, payload_start = _header_of(bytes(data))
+    mask_offset = payload_start + 295 * (3 + 3 + 4 + 1 + 3) * 2  # after the five fp16 sections
+    unmarked = int((~gaussians.vq_mask).nonzero()[0])
+    data[mask_offset + unmarked // 8] |= 0x80 >> (unmarked % 8)
+    header["payload_crc32"] = zlib.crc32(bytes(data[payload_start:]))
+    assert "VQ mask marks 149 Gaussians, the header says 148" in _damaged(tmp_path, _with_header(bytes(data), header))
+    # a NaN scale (fp16 0x7E00: low byte plane, then high byte plane), checksum recomputed
+    data = bytearray(path.read_bytes())
+    scales_offset, element = payload_start + 295 * 3 * 2, 3 * 3 + 1
+    data[scales_offset + element], data[scales_offset + 295 * 3 + element] = 0x00, 0x7E
+    header["payload_crc32"] = zlib.crc32(bytes(data[payload_start:]))
+    message = _damaged(tmp_path, _with_header(bytes(data), header))
+    assert "non-finite values" in message and "scales" in message
+    gaussians.scales[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="scales has values that are not finite"):
+        write_compact(path, gaussians)
+
+
+def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys, good_file):
+    bad = tmp_path / "bad.compact"
+    bad.write_bytes(good_file[:-10])
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["decode", "--input", str(bad), "--output", str(tmp_path / "out.ply")])
+    assert exit_info.value.code == 1
+    text = capsys.readouterr().err.strip()
+    assert text.startswith("error:") and str(bad) in text and "truncated" in text and "Traceback" not in text
+    assert len(text.splitlines()) == 1 and not (tmp_path / "out.ply").exists()
+    with pytest.raises(SystemExit):
+        entrypoint(["info", "--input", str(tmp_path / "missing.compact")])
+
+
+# ---------------------------------------------------------------------------------------------- PLY, render
+
+
+def _nerfstudio_layout(model) -> dict[str, np.ndarray]:
+    """The columns ``ns-export gaussian-splat`` (nerfstudio/scripts/exporter.py) writes, built the way it builds them:
+    from the model's ``shs_0`` / ``shs_rest`` properties, rest transposed to channel-major, quaternions and the other
+    parameters raw, Gaussians with opacity logit < -5.5373 left out. (Its own code runs in test_e2e_compact.py;
+    importing it here would cost most of this file's time budget.)"""
+    with torch.no_grad():
+        n = model.num_points
+        columns = {"x": model.means[:, 0], "y": model.means[:, 1], "z": model.means[:, 2]}
+        columns.update({name: torch.zeros(n) for name in ("nx", "ny", "nz")})
+        columns.update({f"f_dc_{i}": model.shs_0[:, i] for i in range(3)})
+        if model.config.sh_degree > 0:
+            rest = model.shs_rest.transpose(1, 2).reshape(n, -1)
+            columns.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
+        columns["opacity"] = model.opacities[:, 0]
+        columns.update({f"scale_{i}": model.scales[:, i] for i in range(3)})
+        columns.update({f"rot_{i}": model.quats[:, i] for i in range(4)})
+        keep = model.opacities[:, 0] >= -5.5373
+        return {name: column[keep].numpy() for name, column in columns.items()}
+
+
+def _ply(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(path))
+    vertex = ply["vertex"]
+    assert ply.text is False and ply.byte_order == "<"
+    names = [p.name for p in vertex.properties]
+    assert all(p.val_dtype in ("f4", "float32", "float") for p in vertex.properties)
+    return names, {name: np.asarray(vertex[name]) for name in names}, ply.comments
+
+
+@pytest.mark.parametrize("sh_degree", [3, 0])
+def test_decoded_ply_has_nerfstudios_layout(tmp_path, sh_degree):
+    model = _model(sh_degree=sh_degree)
+    theirs = _nerfstudio_layout(model)
+    write_compact(tmp_path / "scene.compact", _encode(model, vq_share=0.0)[0])
+    entrypoint(["decode", "--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "decoded.ply")])
+    names, ours, comments = _ply(tmp_path / "decoded.ply")
+    assert names == list(theirs) and len(ours["x"]) == len(theirs["x"]) == 295
+    assert any("Vertical Axis: z" in c for c in comments)
+    expected = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    expected += [f"f_rest_{i}" for i in range(45 if sh_degree else 0)]
+    assert names == [*expected, "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    scale = read_compact(tmp_path / "scene.compact").position_frame[1]
+    quats = np.stack([theirs[f"rot_{i}"] for i in range(4)], axis=1)  # the compact file normalises them
+    theirs.update({f"rot_{i}": (quats / np.linalg.norm(quats, axis=1, keepdims=True))[:, i] for i in range(4)})
+    for name in names:
+        error = np.abs(ours[name] - theirs[name])
+        bound = (2.0**-12 + 1e-6) * scale if name in ("x", "y", "z") else FP16_RELATIVE * np.abs(theirs[name]) + 1e-6
+        assert (error <= bound).all(), (name, float(error.max()))
+    # the model's own Gaussians, unquantised, give nerfstudio's columns value for value (float32 rounding of the
+    # sigmoid at SH degree 0 aside): what the one-command pipeline's PLY export writes
+    write_ply(tmp_path / "model.ply", gaussians_of(model))
+    names, exact, _ = _ply(tmp_path / "model.ply")
+    theirs = _nerfstudio_layout(model)
+    assert names == list(theirs)
+    for name in names:
+        np.testing.assert_allclose(exact[name], theirs[name], rtol=1e-6, atol=0 if sh_degree else 1e-7, err_msg=name)
+
+
+def test_apply_to_model_renders_the_compact_scene(tmp_path):
+    model = _model()
+    before = [_render(model, position) for position in CAMERAS]
+    write_compact(tmp_path / "scene.compact", _encode(model, vq_share=0.0)[0])
+    apply_to_model(model, read_compact(tmp_path / "scene.compact"))
+    assert model.num_points == 295
+    for position, expected in zip(CAMERAS, before, strict=True):
+        rendered = _render(model, position)
+        assert (rendered - expected).abs().max() < 0.01 and (rendered - expected).abs().mean() < 5e-4
+    with pytest.raises(ValueError, match="SH degree"):
+        apply_to_model(_model(sh_degree=1), read_compact(tmp_path / "scene.compact"))
+
+
+# ----------------------------------------------------------------------------------------- export, fine-tune
+
+
+def test_export_compact_figures_and_untouched_model(tmp_path):
+    model = _model()
+    before = model_params(model)
+    cameras = look_at_camera(CAMERAS[0], size=24)
+    figures = export_compact(model, cameras, tmp_path / "a.compact", CompactOptions(vq_share=0.5), progress=False)
+    assert all(torch.equal(before[name], value) for name, value in model_params(model).items())
+    assert figures["num_gaussians"] == 295 and figures["num_vq"] == 148 and figures["codebook_size"] == 10
+    assert figures["file_bytes"] == (tmp_path / "a.compact").stat().st_size and figures["compression_ratio"] > 2.5
+    header = read_header(tmp_path / "a.compact")
+    assert header["format_version"] == FORMAT_VERSION and header["metadata"]["options"]["vq_share"] == 0.5
+    with pytest.raises(ValueError, match="training cameras"):
+        export_compact(model, None, tmp_path / "b.compact", progress=False)
+    with pytest.raises(ValueError, match="pipeline"):
+        export_compact(model, cameras, tmp_path / "b.compact", CompactOptions(finetune=FinetuneOptions(steps=1)))
+
+
+def test_finetuning_keeps_the_assignment_and_lowers_the_loss():
+    teacher = _model()
+    views = []
+    for position in CAMERAS:
+        camera = look_at_camera(position, size=24)
+        views.append((camera, {"image": teacher.get_outputs_for_camera(camera)["rgb"]}))
+    gaussians, _ = _encode(teacher, vq_share=1.0, codebook_size=4)
+    student = _model()
+    tuned, losses = finetune_compact(
+        student, gaussians, lambda step: views[step % len(views)], FinetuneOptions(steps=9), progress=False
+    )
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert torch.equal(tuned.indices, gaussians.indices) and torch.equal(tuned.vq_mask, gaussians.vq_mask)
+    assert not torch.equal(tuned.codebook, gaussians.codebook)
+    assert torch.equal(tuned.features_rest[tuned.vq_mask], tuned.codebook[tuned.indices])
+    assert torch.equal(student.gauss_params["features_rest"].detach(), tuned.features_rest)
