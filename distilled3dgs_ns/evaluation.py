@@ -1,0 +1,174 @@
+"""Test-split evaluation of a trained splat (or of a compact file decoded into it): quality, size and render time.
+
+``ns-eval`` reports quality only; the one-command pipeline and the compact format also need the render time per frame
+and a few test views kept for pictures, from the same pass. ``distilled3dgs-eval`` exposes this on the command line,
+including ``--compact FILE``, which evaluates a compact file in place of the checkpoint's Gaussians (the checkpoint's
+config supplies the cameras and the test images).
+
+Import-order rule (see method_configs.py): this module imports ``nerfstudio.utils.eval_utils`` only inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
+
+METRIC_KEYS = ("psnr", "ssim", "lpips")
+
+
+@dataclass
+class Evaluation:
+    """Figures of one model on the test split, plus the first few test views as uint8 ``[H, W, 3]`` arrays."""
+
+    figures: dict[str, float | int]
+    ground_truth: list[np.ndarray] = field(default_factory=list)
+    renders: list[np.ndarray] = field(default_factory=list)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[H, W, 3]`` float image in [0, 1] to uint8 (numpy)."""
+    return (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def progress_bar(transient: bool = True) -> Progress:
+    """The rich progress bar every long loop of the plugin uses."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=transient,
+    )
+
+
+@torch.no_grad()
+def evaluate_pipeline(
+    pipeline: Any,
+    max_views: int | None = None,
+    keep_views: int = 0,
+    render_repeats: int = 3,
+    label: str = "evaluating",
+) -> Evaluation:
+    """Render every test view of ``pipeline`` (nerfstudio ``eval_setup`` with ``test_mode="test"``).
+
+    Quality comes from the model's own ``get_image_metrics_and_images`` (what ``ns-eval`` averages). The render time is
+    the median over views of ``render_repeats`` timed renders each, after the untimed metric render has warmed up.
+    """
+    model = pipeline.model
+    if not isinstance(model, PortableSplatfactoModel):
+        raise TypeError(f"expected a distilled3dgs model, got {type(model).__name__}")
+    model.eval()
+    views = pipeline.datamanager.fixed_indices_eval_dataloader
+    if max_views is not None:
+        views = views[:max_views]
+    if not views:
+        raise ValueError("the dataset has no test views to evaluate on")
+    per_view: dict[str, list[float]] = {}
+    times: list[float] = []
+    result = Evaluation(figures={})
+    with progress_bar() as progress:
+        task = progress.add_task(label, total=len(views))
+        for index, (camera, batch) in enumerate(views):
+            outputs = model.get_outputs_for_camera(camera)
+            metrics, _ = model.get_image_metrics_and_images(outputs, batch)
+            for key in METRIC_KEYS:
+                if key in metrics:
+                    per_view.setdefault(key, []).append(float(metrics[key]))
+            if index < keep_views:
+                gt = model.composite_with_background(model.get_gt_img(batch["image"]), outputs["background"])
+                result.ground_truth.append(to_uint8(gt))
+                result.renders.append(to_uint8(outputs["rgb"]))
+            samples = []
+            for _ in range(render_repeats):
+                _synchronize(model.device)
+                start = time.perf_counter()
+                model.get_outputs_for_camera(camera)
+                _synchronize(model.device)
+                samples.append(time.perf_counter() - start)
+            if samples:
+                times.append(statistics.median(samples))
+            progress.advance(task)
+    result.figures = {key: statistics.fmean(values) for key, values in per_view.items()}
+    result.figures["num_gaussians"] = int(model.num_points)
+    result.figures["size_mb"] = float(model.size_mb)
+    if times:
+        result.figures["render_ms"] = 1000 * statistics.median(times)
+    result.figures["num_views"] = len(views)
+    return result
+
+
+def load_pipeline(config_path: Path) -> Any:
+    """The trained pipeline of ``config.yml`` in test mode (teachers of a student are not loaded)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist; pass the config.yml that ns-train wrote")
+    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
+    return pipeline
+
+
+@dataclass
+class EvalCommand:
+    """Evaluate a distilled3dgs model on its test split: PSNR, SSIM, LPIPS (when available), #Gaussians, size on
+    disk, render time per frame. With ``--compact``, the Gaussians of a compact file replace the checkpoint's."""
+
+    load_config: Path
+    """config.yml of the trained model (teacher or student)."""
+    compact: Path | None = None
+    """A file written by ``distilled3dgs-export compact``: evaluate it instead of the checkpoint's Gaussians."""
+    output_path: Path | None = None
+    """Write the figures as JSON here (as well as printing them)."""
+    max_views: int | None = None
+    """Evaluate only the first N test views (default: all)."""
+    render_repeats: int = 3
+    """Timed renders per view for the render time (median)."""
+
+    def main(self) -> dict[str, Any]:
+        pipeline = load_pipeline(self.load_config)
+        source = str(self.load_config)
+        if self.compact is not None:
+            from distilled3dgs_ns.compression import apply_to_model, read_compact
+
+            apply_to_model(pipeline.model, read_compact(self.compact))
+            source = str(self.compact)
+        result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats)
+        figures: dict[str, Any] = {"source": source, **result.figures}
+        if self.compact is not None:
+            figures["size_mb"] = self.compact.stat().st_size / 1e6
+        text = json.dumps(figures, indent=2)
+        print(text)
+        if self.output_path is not None:
+            self.output_path.parent.mkdir(parents=True, exist_ok=True)
+            self.output_path.write_text(text + "\n")
+        return figures
+
+
+def entrypoint() -> None:
+    """``distilled3dgs-eval``: bad input ends with one line saying what to do, not a traceback."""
+    command = tyro.cli(EvalCommand)
+    try:
+        command.main()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"distilled3dgs-eval: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    entrypoint()
