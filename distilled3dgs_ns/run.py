@@ -1,0 +1,618 @@
+"""``distilled3dgs-run``: teachers, student, evaluation, export and report in one resumable command.
+
+Stages, in order (each one's record in ``<output-dir>/stages/`` marks it finished)::
+
+    scene (embedded scene only) -> teacher-<variant> ... -> student -> eval-<model> ... -> report
+
+Training stages are ``ns-train`` subprocesses, so a crash (or Ctrl-C) in one loses at most the steps since its last
+checkpoint: re-running the same command skips finished stages, says so, and resumes an unfinished training from its
+latest checkpoint. With several GPUs (``--devices 0,1,2``) the teachers train in parallel, one process per GPU.
+Evaluation runs in this process: test-split metrics, render time, PLY export and, for the student, the compact file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+
+from distilled3dgs_ns.presets import PresetError, available_presets, load_preset
+from distilled3dgs_ns.scenes import EmbeddedSceneConfig
+from distilled3dgs_ns.schedules import paper_fraction, to_step
+from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint, write_json_atomic
+
+Variant = Literal["standard", "perturbed", "dropout"]
+TEACHER_METHOD = "distilled3dgs-teacher"
+STUDENT_METHOD = "distilled3dgs-student"
+TIMESTAMP = "run"
+"""Fixed ns-train timestamp, so each stage's folder (and its checkpoints) is found again after a crash."""
+STEP_PATTERN = re.compile(r"^\s*(\d+)\s+\(\s*\d+(?:\.\d+)?%\)", re.MULTILINE)
+"""ns-train's progress lines start with ``<step> (<percent>%)``."""
+TIME_NOTE_EVERY_S = 10.0
+"""How often a running training's wall time is saved (what a killed attempt can lose from the training time)."""
+
+
+@dataclass
+class SplatfactoSchedule:
+    """Splatfacto's step-valued settings as fractions of each training run, so a preset's step count can change
+    freely (splatfacto's own defaults assume 30k steps: densify until 15k, a new SH band every 1k, ...)."""
+
+    warmup: float = paper_fraction(500)
+    """Steps before densification starts."""
+    densify_until: float = 0.5
+    """Densification stops here (the student's first prune stops it earlier)."""
+    sh_degree_every: float = paper_fraction(1000)
+    """One more SH band every this much of the run."""
+    resolution_every: float = paper_fraction(3000)
+    """Coarse-to-fine: the image resolution doubles every this much of the run (with --model-args num-downscales)."""
+    refine_every: int = 100
+    """Densify / cull every this many steps (a step count: it sets how many images the statistics average over)."""
+
+    def options(self, steps: int) -> list[str]:
+        """ns-train options for a run of ``steps`` steps (learning-rate decays end at the end of the run too)."""
+
+        def at(fraction: float) -> str:
+            return str(max(1, to_step(fraction, steps)))
+
+        options = [
+            "--pipeline.model.warmup-length", at(self.warmup),
+            "--pipeline.model.stop-split-at", at(self.densify_until),
+            "--pipeline.model.sh-degree-interval", at(self.sh_degree_every),
+            "--pipeline.model.resolution-schedule", at(self.resolution_every),
+            "--pipeline.model.refine-every", str(self.refine_every),
+        ]  # fmt: skip
+        for name in ("means", "camera_opt", "bilateral_grid"):
+            options += [f"--optimizers.{name}.scheduler.max-steps", str(steps)]
+        return options
+
+
+@dataclass
+class RunConfig:
+    """Train the three Distilled-3DGS teachers and the student on one scene, evaluate every model on the test split,
+    export the student (PLY and compact) and write ``<output-dir>/report.md`` / ``report.json``. Re-running the same
+    command skips finished stages and resumes an interrupted one. Presets (``--preset``) set every default below."""
+
+    data: Path | None = None
+    """Scene folder for the dataparser. Omit it with --embedded-scene (the demo preset) to use the generated scene."""
+    output_dir: Path = Path("outputs/distilled3dgs")
+    """Everything goes here: trainings (runs/), evaluations, exports, the report. Re-use it to resume."""
+    preset: str | None = None
+    """Preset from configs/ (or a YAML path) whose values replace these defaults; options given here still win."""
+    dataparser: str = "blender-data"
+    """Any nerfstudio dataparser subcommand: nerfstudio-data, colmap, blender-data, ..."""
+    dataparser_args: str = ""
+    """Options for the dataparser subcommand, one string: --dataparser-args="--downscale-factor 4"."""
+    embedded_scene: bool = False
+    """Without --data: generate the plugin's embedded scene into <output-dir>/scene and use it."""
+    scene: EmbeddedSceneConfig = field(default_factory=EmbeddedSceneConfig)
+    """The embedded scene's settings (used with --embedded-scene only)."""
+    variants: tuple[Variant, ...] = ("standard", "perturbed", "dropout")
+    """Teachers to train; the student's geometry loss follows the standard one."""
+    teacher_steps: int = 30_000
+    student_steps: int = 30_000
+    schedule: SplatfactoSchedule = field(default_factory=SplatfactoSchedule)
+    """Splatfacto's step-valued settings, scaled to each run's length."""
+    prune_sample_factor: float = 0.9
+    """Share of the student's Gaussians kept by importance sampling (0.9 Mip-NeRF360, 0.5 T&T / Deep Blending)."""
+    prune_reinitialize: bool = True
+    """Re-initialise the student after the sampling prune (paper); short runs do better without."""
+    student_cap_share: float | None = None
+    """Cap the student's densification at this share of the standard teacher's final count (None: the model's cap)."""
+    model_args: str = ""
+    """ns-train options for every training (teachers and student), one string placed after the generated options so
+    they win: --model-args="--pipeline.model.sh-degree 2". Replaces the preset's string (see configs/<preset>.yaml)."""
+    teacher_args: str = ""
+    """ns-train options for the teachers only (after --model-args), one string."""
+    student_args: str = ""
+    """ns-train options for the student only (after --model-args), one string."""
+    device_type: Literal["auto", "cuda", "cpu", "mps"] = "auto"
+    """Where to train and evaluate; auto: CUDA if available, else CPU."""
+    devices: str = ""
+    """Comma-separated GPU ids, e.g. 0,1,2: the teachers train in parallel, one process per GPU."""
+    jobs: int = 1
+    """Teachers trained at the same time on a CPU (with --devices: one per GPU instead). On a CPU, several
+    single-threaded trainings use the cores better than one multi-threaded training."""
+    threads: int | None = None
+    """CPU threads per process (default: the cores divided among the --jobs trainings)."""
+    save_every: int = 2000
+    """Checkpoint period of every training, in steps: the most a crash can lose."""
+    eval_views: int | None = None
+    """Evaluate on the first N test views only (default: all)."""
+    strip_views: int = 3
+    """Test views in the report's picture strip."""
+    render_repeats: int = 3
+    """Timed renders per test view for the render time (median)."""
+    compact: bool = True
+    """Also write and evaluate the student's compact file (LightGaussian-style quantisation)."""
+    redo: tuple[str, ...] = ()
+    """Stages to run again although finished (and the stages that depend on them), e.g. --redo student."""
+
+    def __post_init__(self) -> None:
+        if self.teacher_steps < 1 or self.student_steps < 1:
+            raise RunSetupError("--teacher-steps and --student-steps must be positive")
+        if not self.variants:
+            raise RunSetupError("--variants needs at least one teacher")
+        if self.jobs < 1:
+            raise RunSetupError("--jobs must be at least 1")
+        if len(set(self.variants)) != len(self.variants):
+            raise RunSetupError(f"--variants lists a variant twice: {' '.join(self.variants)}")
+
+    def gpu_ids(self) -> list[str]:
+        ids = [part.strip() for part in self.devices.split(",") if part.strip()]
+        for value in ids:
+            if not value.isdigit():
+                raise RunSetupError(f"--devices takes comma-separated GPU numbers such as 0,1,2; got '{self.devices}'")
+        return ids
+
+
+# --------------------------------------------------------------------------------------------------- trainings
+
+
+@dataclass
+class Training:
+    """One ns-train run of the pipeline; its folder is fixed by output dir, stage name and TIMESTAMP."""
+
+    stage: str
+    method: str
+    steps: int
+    options: list[str]
+
+    def folder(self, runs: Path) -> Path:
+        return runs / self.stage / self.method / TIMESTAMP
+
+    def final_checkpoint(self, runs: Path) -> Path:
+        return self.folder(runs) / "nerfstudio_models" / f"step-{self.steps - 1:09d}.ckpt"
+
+    def latest_checkpoint_step(self, runs: Path) -> int | None:
+        """Step of the newest checkpoint of an interrupted run (None: nothing to resume from)."""
+        steps = [int(p.stem.split("-")[1]) for p in (self.folder(runs) / "nerfstudio_models").glob("step-*.ckpt")]
+        return max(steps) if steps else None
+
+
+def device_type_of(config: RunConfig) -> str:
+    if config.device_type != "auto":
+        return config.device_type
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def ns_train_command(
+    training: Training, config: RunConfig, data: Path, runs: Path, resume_step: int | None
+) -> list[str]:
+    """The ns-train command line; a resumed run trains the remaining steps from the checkpoint after ``resume_step``."""
+    remaining = training.steps if resume_step is None else training.steps - (resume_step + 1)
+    command = [
+        "ns-train", training.method,
+        "--data", str(data),
+        "--output-dir", str(runs),
+        "--experiment-name", training.stage,
+        "--timestamp", TIMESTAMP,
+        "--max-num-iterations", str(remaining),
+        "--steps-per-save", str(config.save_every),
+        "--steps-per-eval-batch", "0",
+        "--steps-per-eval-image", "0",
+        "--steps-per-eval-all-images", "0",
+        "--vis", "tensorboard",
+        "--machine.device-type", device_type_of(config),
+    ]  # fmt: skip
+    if resume_step is not None:
+        command += ["--load-dir", str(training.folder(runs) / "nerfstudio_models")]
+    return [*command, *training.options, config.dataparser, *shlex.split(config.dataparser_args)]
+
+
+class StageFailed(RuntimeError):
+    """A training subprocess failed; the message points at its log."""
+
+
+def run_training(
+    training: Training,
+    config: RunConfig,
+    data: Path,
+    runs: Path,
+    env: dict[str, str],
+    on_step: Callable[[int], None],
+) -> dict[str, Any]:
+    """Run (or resume) one training to its final checkpoint; returns its figures for the stage record.
+
+    A folder left by an interrupted run with *other* settings is started afresh rather than resumed. The wall time of
+    every attempt is kept in ``<stage>.attempts.json`` (written before ns-train starts and every few seconds while it
+    runs, so even a killed attempt counts) and the record reports the sum.
+    """
+    intent = runs / f"{training.stage}.attempts.json"
+    key = fingerprint({"command": ns_train_command(training, config, data, runs, None)})
+    attempts = json.loads(intent.read_text()) if intent.exists() else {}
+    if attempts.get("fingerprint") != key:
+        shutil.rmtree(training.folder(runs), ignore_errors=True)
+        attempts = {"fingerprint": key, "seconds": []}
+    resume_step = training.latest_checkpoint_step(runs)
+    command = ns_train_command(training, config, data, runs, resume_step)
+    log_path = runs / f"{training.stage}.log"
+    offset = 0 if resume_step is None else resume_step + 1
+    start = last_write = time.perf_counter()
+    attempts["seconds"].append(0.0)
+    write_json_atomic(intent, attempts)
+
+    def note_time() -> None:
+        attempts["seconds"][-1] = time.perf_counter() - start
+        write_json_atomic(intent, attempts)
+
+    try:
+        if resume_step is not None and resume_step >= training.steps - 1:
+            code = 0
+        else:
+            with log_path.open("a") as log:
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                process = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+                )
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    for match in STEP_PATTERN.finditer(line):
+                        on_step(offset + int(match.group(1)))
+                    if time.perf_counter() - last_write > TIME_NOTE_EVERY_S:
+                        note_time()
+                        last_write = time.perf_counter()
+                code = process.wait()
+    finally:
+        note_time()
+    if code != 0 or not training.final_checkpoint(runs).exists():
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:]) if log_path.exists() else ""
+        raise StageFailed(
+            f"{training.stage}: ns-train exited with code {code}; last lines of {log_path}:\n{tail}\n"
+            "Fix the cause and re-run the same command: finished stages are skipped and this one resumes from its "
+            "latest checkpoint."
+        )
+    return {"resumed_from": resume_step, "train_s": sum(attempts["seconds"]), "attempts": len(attempts["seconds"])}
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """The stages of one ``RunConfig`` in one output folder."""
+
+    config: RunConfig
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.output_dir = self.config.output_dir.resolve()
+        self.runs = self.output_dir / "runs"
+        self.book = StageBook(self.output_dir / "stages")
+
+    # -- inputs
+
+    def scene_path(self) -> Path:
+        if self.config.data is not None:
+            return self.config.data.resolve()
+        if self.config.embedded_scene:
+            return self.output_dir / "scene"
+        raise RunSetupError(
+            "no scene: pass --data <scene folder> (any nerfstudio dataparser format), or --preset demo to run on the "
+            "generated embedded scene"
+        )
+
+    def check_data(self, data: Path) -> None:
+        """Parse the scene with the chosen dataparser now, so a bad --data fails before any training."""
+        if not data.exists():
+            raise RunSetupError(f"--data {data} does not exist; pass the folder of your scene")
+        from nerfstudio.configs.dataparser_configs import all_dataparsers
+
+        if self.config.dataparser not in all_dataparsers:
+            raise RunSetupError(
+                f"unknown --dataparser '{self.config.dataparser}'; choose one of {', '.join(sorted(all_dataparsers))}"
+            )
+        parser_config = tyro.cli(
+            type(all_dataparsers[self.config.dataparser]),
+            default=all_dataparsers[self.config.dataparser],
+            args=shlex.split(self.config.dataparser_args),
+        )
+        parser_config.data = data
+        try:
+            outputs = parser_config.setup().get_dataparser_outputs(split="train")
+        except Exception as error:  # any parser failure means the same to the user: this folder can't be read
+            raise RunSetupError(
+                f"--data {data} could not be read with the '{self.config.dataparser}' dataparser "
+                f"({type(error).__name__}: {error}). Check the folder and --dataparser (nerfstudio-data, colmap, "
+                "blender-data, ...); ns-process-data turns images or video into a nerfstudio-data scene."
+            ) from error
+        if len(outputs.image_filenames) == 0:
+            raise RunSetupError(f"--data {data} has no training images for the '{self.config.dataparser}' dataparser")
+
+    def environment(self, gpu: str | None, parallel: int) -> dict[str, str]:
+        """A training's environment: its GPU, or its share of the CPU cores when ``parallel`` trainings share them."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        threads = self.config.threads
+        if threads is None and gpu is None and parallel > 1:
+            threads = max(1, (os.cpu_count() or 1) // parallel)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        return env
+
+    # -- stage definitions
+
+    def teacher_trainings(self) -> list[Training]:
+        cfg = self.config
+        return [
+            Training(
+                stage=f"teacher-{variant}",
+                method=TEACHER_METHOD,
+                steps=cfg.teacher_steps,
+                options=[
+                    *cfg.schedule.options(cfg.teacher_steps),
+                    "--pipeline.model.variant",
+                    variant,
+                    *shlex.split(cfg.model_args),
+                    *shlex.split(cfg.teacher_args),
+                ],
+            )  # fmt: skip
+            for variant in cfg.variants
+        ]
+
+    def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:
+        cfg = self.config
+        options = [
+            *cfg.schedule.options(cfg.student_steps),
+            "--pipeline.model.prune-sample-factor", str(cfg.prune_sample_factor),
+            "--pipeline.model.prune-reinitialize", str(cfg.prune_reinitialize),
+        ]  # fmt: skip
+        if cfg.student_cap_share is not None:
+            options += ["--pipeline.model.max-gaussians", str(max(1, round(cfg.student_cap_share * teacher_count)))]
+        options += ["--pipeline.teachers", *map(str, teacher_configs)]
+        options += [*shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
+        return Training(stage="student", method=STUDENT_METHOD, steps=cfg.student_steps, options=options)
+
+    def dependents(self) -> dict[str, list[str]]:
+        """Stage -> stages that consume its result (for --redo)."""
+        teachers = [f"teacher-{v}" for v in self.config.variants]
+        graph: dict[str, list[str]] = {"scene": [*teachers, "student"], "student": ["eval-student"]}
+        for name in teachers:
+            graph[name] = ["student", f"eval-{name}"]
+        return graph
+
+    def forget(self, names: Sequence[str]) -> None:
+        graph = self.dependents()
+        pending, seen = list(names), set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if self.book.forget(name):
+                self.log(f"--redo: stage '{name}' will run again")
+            pending += graph.get(name, [])
+
+    # -- stages
+
+    def stage_scene(self, data: Path) -> None:
+        from distilled3dgs_ns.scenes import write_embedded_scene
+
+        key = fingerprint(asdict(self.config.scene))
+        if self.book.check("scene", key):
+            self.log(f"scene: finished earlier, skipping ({data})")
+            return
+        self.log(f"scene: writing the embedded scene to {data}")
+        start = time.perf_counter()
+        write_embedded_scene(data, self.config.scene, show_progress=True)
+        self.book.finish("scene", key, seconds=time.perf_counter() - start, path=str(data))
+
+    def train_stages(self, trainings: list[Training], data: Path, gpus: list[str]) -> dict[str, dict[str, Any]]:
+        """Train what is not finished yet (in parallel over ``gpus`` when there are several); returns the records."""
+        records: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[Training, str]] = []
+        for training in trainings:
+            key = fingerprint({"command": ns_train_command(training, self.config, data, self.runs, None)})
+            record = self.book.check(training.stage, key)
+            if record is not None:
+                self.log(f"{training.stage}: finished earlier ({record['train_s']:.0f} s), skipping")
+                records[training.stage] = record
+            else:
+                todo.append((training, key))
+        if not todo:
+            return records
+        from distilled3dgs_ns.evaluation import progress_bar
+
+        lock = threading.Lock()
+        workers = len(gpus) if gpus else min(self.config.jobs, len(todo))
+        free: list[str | None] = list(gpus) if gpus else [None] * workers
+        with progress_bar(transient=False) as progress:
+            tasks = {t.stage: progress.add_task(f"{t.stage} ({t.steps} steps)", total=t.steps) for t, _ in todo}
+
+            def train(item: tuple[Training, str]) -> dict[str, Any]:
+                training, key = item
+                with lock:
+                    gpu = free.pop(0)
+                try:
+                    where = f" on GPU {gpu}" if gpu is not None else ""
+                    progress.console.log(f"{training.stage}: training{where}, log {self.runs / training.stage}.log")
+                    figures = run_training(
+                        training,
+                        self.config,
+                        data,
+                        self.runs,
+                        self.environment(gpu, workers),
+                        lambda step: progress.update(tasks[training.stage], completed=min(step + 1, training.steps)),
+                    )
+                    progress.update(tasks[training.stage], completed=training.steps)
+                finally:
+                    with lock:
+                        free.append(gpu)
+                config_path = training.folder(self.runs) / "config.yml"
+                return self.book.finish(training.stage, key, config=str(config_path), **figures)
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for record in pool.map(train, todo):
+                    records[record["stage"]] = record
+        return records
+
+    def stage_eval(self, name: str, record: dict[str, Any], student: bool) -> dict[str, Any]:
+        """Test-split figures, strip views and PLY export of one trained model (and the compact file of the student)."""
+        from distilled3dgs_ns.evaluation import evaluate_pipeline, load_pipeline
+
+        stage = f"eval-{name}"
+        cfg = self.config
+        key = fingerprint(
+            {
+                "model": record["fingerprint"],
+                "views": cfg.eval_views,
+                "strip": cfg.strip_views,
+                "compact": cfg.compact and student,
+            }
+        )
+        existing = self.book.check(stage, key)
+        if existing is not None:
+            self.log(f"{stage}: finished earlier, skipping")
+            return existing
+        pipeline = load_pipeline(Path(record["config"]))
+        views_dir = self.output_dir / "views" / name
+        result = evaluate_pipeline(
+            pipeline, cfg.eval_views, keep_views=cfg.strip_views, render_repeats=cfg.render_repeats, label=stage
+        )
+        save_views(views_dir, result.ground_truth, result.renders)
+        exports = self.output_dir / "export"
+        ply = export_ply(pipeline.model, exports / f"{name}.ply")
+        figures: dict[str, Any] = {**result.figures, "size_mb": ply.stat().st_size / 1e6, "ply": str(ply)}
+        models = {name: {**figures, "train_s": record["train_s"]}}
+        if student and cfg.compact:
+            models[f"{name}-compact"] = self.compact_figures(pipeline, exports / f"{name}.compact", record)
+        return self.book.finish(stage, key, models=models, views=str(views_dir))
+
+    def compact_figures(self, pipeline: Any, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """Write the compact file of the trained student, then evaluate what it decodes to."""
+        from distilled3dgs_ns.compression import CompactOptions, apply_to_model, export_compact, read_compact
+        from distilled3dgs_ns.evaluation import evaluate_pipeline
+
+        start = time.perf_counter()
+        cameras = pipeline.datamanager.train_dataset.cameras.to(pipeline.model.device)
+        export_compact(pipeline, cameras, path, CompactOptions())
+        export_s = time.perf_counter() - start
+        apply_to_model(pipeline.model, read_compact(path))
+        result = evaluate_pipeline(
+            pipeline, self.config.eval_views, render_repeats=self.config.render_repeats, label="eval-student-compact"
+        )
+        return {
+            **result.figures,
+            "size_mb": path.stat().st_size / 1e6,
+            "file": str(path),
+            "train_s": record["train_s"],
+            "export_s": export_s,
+        }
+
+    # -- everything
+
+    def __call__(self) -> Path:
+        from distilled3dgs_ns.report import write_report
+
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.forget(cfg.redo)
+        data = self.scene_path()
+        if cfg.data is None:
+            self.stage_scene(data)
+        self.check_data(data)
+        gpus = cfg.gpu_ids()
+        if gpus and device_type_of(cfg) != "cuda":
+            raise RunSetupError("--devices needs CUDA (--device-type cuda or auto on a machine with GPUs)")
+        if cfg.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        teachers = self.train_stages(self.teacher_trainings(), data, gpus)
+        teacher_configs = [Path(teachers[f"teacher-{v}"]["config"]) for v in cfg.variants]
+        standard = "teacher-standard" if "standard" in cfg.variants else f"teacher-{cfg.variants[0]}"
+        teacher_count = teacher_gaussian_count(teachers[standard])
+        student = self.train_stages([self.student_training(teacher_configs, teacher_count)], data, gpus[:1])
+        evaluations = {name: self.stage_eval(name, record, student=False) for name, record in teachers.items()}
+        evaluations["student"] = self.stage_eval("student", student["student"], student=True)
+        return write_report(self.output_dir, cfg, evaluations)
+
+
+def teacher_gaussian_count(record: dict[str, Any]) -> int:
+    """Gaussian count of a finished training, read from its final checkpoint (cached in the record)."""
+    if "num_gaussians" in record:
+        return int(record["num_gaussians"])
+    import torch
+
+    folder = Path(record["config"]).parent / "nerfstudio_models"
+    latest = max(folder.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    state = torch.load(latest, map_location="cpu", weights_only=True)
+    return int(state["pipeline"]["_model.gauss_params.means"].shape[0])
+
+
+def save_views(folder: Path, ground_truth: list, renders: list) -> None:
+    """Keep the strip views as PNGs (gt_<i>.png, render_<i>.png) for the report."""
+    import imageio.v2 as imageio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (gt, render) in enumerate(zip(ground_truth, renders, strict=True)):
+        imageio.imwrite(folder / f"gt_{index}.png", gt)
+        imageio.imwrite(folder / f"render_{index}.png", render)
+
+
+def export_ply(model: Any, path: Path) -> Path:
+    """The model as a standard 3DGS PLY (what ns-export gaussian-splat writes)."""
+    from distilled3dgs_ns.compression import gaussians_of, write_ply
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_ply(path, gaussians_of(model))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_config(args: Sequence[str]) -> RunConfig:
+    """Two passes: ``--preset`` picks the defaults, then tyro parses everything (so options override the preset)."""
+    preset = None
+    for index, arg in enumerate(args):
+        if arg == "--preset" and index + 1 < len(args):
+            preset = args[index + 1]
+        elif arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+    default = RunConfig()
+    if preset is not None:
+        default = load_preset(preset, RunConfig(preset=preset))
+    description = (RunConfig.__doc__ or "") + f"\n\nPresets in configs/: {', '.join(available_presets())}."
+    return tyro.cli(RunConfig, default=default, args=list(args), description=description)
+
+
+def main(args: Sequence[str] | None = None) -> Path:
+    config = parse_config(sys.argv[1:] if args is None else args)
+    report = Run(config)()
+    print(f"Report: {report} (and report.json, pictures beside it)")
+    return report
+
+
+def entrypoint() -> None:
+    """``distilled3dgs-run``: a bad input or a failed stage ends with a message saying what to do, not a traceback."""
+    try:
+        main()
+    except (RunSetupError, PresetError, StageFailed) as error:
+        print(f"distilled3dgs-run: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("distilled3dgs-run: interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    entrypoint()

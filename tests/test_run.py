@@ -1,0 +1,264 @@
+"""distilled3dgs-run: presets, stage records, scheduling, bad input; end to end with tiny budgets (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO_ROOT
+
+from distilled3dgs_ns import run as run_module
+from distilled3dgs_ns.presets import PresetError, available_presets, load_preset
+from distilled3dgs_ns.run import Run, RunConfig, SplatfactoSchedule, Training, ns_train_command, parse_config
+from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint
+
+# --------------------------------------------------------------------------------------------------- presets
+
+
+def test_every_shipped_preset_loads_and_sets_its_values():
+    names = available_presets()
+    assert {"demo", "cpu", "paper-mipnerf360", "paper-tanks-temples"} <= set(names)
+    for name in names:
+        config = load_preset(name, RunConfig(preset=name))
+        assert config.teacher_steps >= 1 and config.student_steps >= 1
+    assert load_preset("paper-tanks-temples", RunConfig()).prune_sample_factor == 0.5
+    assert load_preset("paper-mipnerf360", RunConfig()).prune_sample_factor == 0.9
+    demo = load_preset("demo", RunConfig())
+    assert demo.embedded_scene and demo.data is None
+
+
+def test_command_line_overrides_the_preset():
+    config = parse_config(["--preset", "demo", "--teacher-steps", "7", "--schedule.densify-until", "0.3"])
+    preset = load_preset("demo", RunConfig())
+    assert config.teacher_steps == 7
+    assert config.schedule.densify_until == 0.3
+    assert config.student_steps == preset.student_steps  # untouched fields keep the preset's value
+    assert config.model_args == preset.model_args
+
+
+def test_unknown_preset_and_unknown_key_are_clear_errors(tmp_path):
+    with pytest.raises(PresetError, match="no preset named 'nope'.*demo"):
+        load_preset("nope", RunConfig())
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("teacher_stpes: 10\n")
+    with pytest.raises(PresetError, match="unknown option 'teacher_stpes'"):
+        load_preset(str(bad), RunConfig())
+
+
+def test_schedule_scales_splatfacto_steps_with_the_run_length():
+    schedule = SplatfactoSchedule(warmup=0.1, densify_until=0.5, sh_degree_every=0.125, resolution_every=1.0)
+    for steps in (800, 30_000):
+        options = schedule.options(steps)
+        value = {options[i]: options[i + 1] for i in range(0, len(options), 2)}
+        assert value["--pipeline.model.stop-split-at"] == str(steps // 2)
+        assert value["--pipeline.model.warmup-length"] == str(steps // 10)
+        assert value["--pipeline.model.sh-degree-interval"] == str(steps // 8)
+        assert value["--optimizers.means.scheduler.max-steps"] == str(steps)
+
+
+def test_resumed_command_trains_the_remaining_steps(tmp_path):
+    config = RunConfig(data=tmp_path, device_type="cpu", dataparser_args="--scale-factor 1.0")
+    training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=100, options=["--x", "1"])
+    fresh = ns_train_command(training, config, tmp_path, tmp_path / "runs", None)
+    resumed = ns_train_command(training, config, tmp_path, tmp_path / "runs", 59)
+    assert fresh[fresh.index("--max-num-iterations") + 1] == "100"
+    assert resumed[resumed.index("--max-num-iterations") + 1] == "40"
+    load_dir = Path(resumed[resumed.index("--load-dir") + 1])
+    assert load_dir == tmp_path / "runs" / "teacher-standard" / "distilled3dgs-teacher" / "run" / "nerfstudio_models"
+    assert fresh[-3:] == ["blender-data", "--scale-factor", "1.0"]  # dataparser subcommand last, with its options
+
+
+# --------------------------------------------------------------------------------------------------- records
+
+
+def test_stage_book_skips_refuses_other_settings_and_forgets(tmp_path):
+    book = StageBook(tmp_path / "stages")
+    key = fingerprint({"command": ["a", "b"]})
+    assert book.check("teacher-standard", key) is None
+    book.finish("teacher-standard", key, train_s=3.0)
+    assert book.check("teacher-standard", key)["train_s"] == 3.0
+    with pytest.raises(RunSetupError, match="--redo teacher-standard"):
+        book.check("teacher-standard", fingerprint({"command": ["a", "c"]}))
+    assert book.forget("teacher-standard") and book.check("teacher-standard", key) is None
+
+
+def test_redo_forgets_the_stage_and_what_depends_on_it(tmp_path):
+    run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out"), log=lambda _: None)
+    for name in ("teacher-standard", "teacher-perturbed", "student", "eval-teacher-standard", "eval-student"):
+        run.book.finish(name, "k")
+    run.forget(["teacher-standard"])
+    assert run.book.get("teacher-perturbed") is not None  # an independent stage is kept
+    for name in ("teacher-standard", "student", "eval-teacher-standard", "eval-student"):
+        assert run.book.get(name) is None
+
+
+# --------------------------------------------------------------------------------------------------- input checks
+
+
+def test_bad_data_fails_before_training_with_what_to_do(tmp_path):
+    missing = Run(RunConfig(data=tmp_path / "nowhere", output_dir=tmp_path / "out"), log=lambda _: None)
+    with pytest.raises(RunSetupError, match="does not exist"):
+        missing.check_data(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = Run(RunConfig(data=empty, output_dir=tmp_path / "out"), log=lambda _: None)
+    with pytest.raises(RunSetupError, match="could not be read with the 'blender-data' dataparser"):
+        run.check_data(empty)
+    wrong_parser = Run(RunConfig(data=empty, dataparser="no-such-parser"), log=lambda _: None)
+    with pytest.raises(RunSetupError, match="unknown --dataparser 'no-such-parser'"):
+        wrong_parser.check_data(empty)
+    with pytest.raises(RunSetupError, match="pass --data"):
+        Run(RunConfig(), log=lambda _: None).scene_path()
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(RunSetupError, match="GPU numbers"):
+        RunConfig(devices="0,x").gpu_ids()
+    with pytest.raises(RunSetupError, match="twice"):
+        RunConfig(variants=("standard", "standard"))
+    with pytest.raises(RunSetupError, match="positive"):
+        RunConfig(teacher_steps=0)
+
+
+def test_teachers_train_in_parallel_one_process_per_gpu(tmp_path, monkeypatch):
+    """With --devices 0,1 two trainings run at once, each seeing only its own GPU."""
+    active, peak, seen = [0], [0], []
+    lock = threading.Lock()
+
+    def fake_training(training, config, data, runs, env, on_step):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            seen.append(env["CUDA_VISIBLE_DEVICES"])
+        time.sleep(0.3)
+        on_step(training.steps - 1)
+        with lock:
+            active[0] -= 1
+        return {"resumed_from": None, "train_s": 0.3, "attempts": 1}
+
+    monkeypatch.setattr(run_module, "run_training", fake_training)
+    config = RunConfig(data=tmp_path, output_dir=tmp_path / "out", device_type="cuda", devices="0,1")
+    run = Run(config, log=lambda _: None)
+    records = run.train_stages(run.teacher_trainings(), tmp_path, config.gpu_ids())
+    assert set(records) == {"teacher-standard", "teacher-perturbed", "teacher-dropout"}
+    assert peak[0] == 2
+    assert sorted(set(seen)) == ["0", "1"]
+    # finished stages are skipped on the next call: no training runs
+    monkeypatch.setattr(run_module, "run_training", lambda *a, **k: pytest.fail("a finished stage ran again"))
+    assert set(run.train_stages(run.teacher_trainings(), tmp_path, config.gpu_ids())) == set(records)
+
+
+# --------------------------------------------------------------------------------------------------- end to end
+
+TINY = [
+    "--preset", "demo",
+    "--variants", "standard", "dropout",
+    "--teacher-steps", "40",
+    "--student-steps", "40",
+    "--save-every", "20",
+    "--strip-views", "2",
+    "--eval-views", "2",
+    "--render-repeats", "1",
+    "--scene.image-size", "48",
+    "--scene.n-train", "8",
+    "--scene.n-val", "2",
+    "--scene.n-test", "2",
+    "--student-args=--pipeline.teacher-min-psnr 0",
+]  # fmt: skip
+
+
+def run_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "distilled3dgs_ns.run", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_then_skips_every_finished_stage(tmp_path):
+    out = tmp_path / "out"
+    first = run_command([*TINY, "--output-dir", str(out)], REPO_ROOT)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"Report: {out / 'report.md'}" in first.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]) == {"teacher-standard", "teacher-dropout", "student", "student-compact"}
+    for figures in report["models"].values():
+        assert set(figures) >= {"psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s"}
+        assert figures["psnr"] > 5 and figures["num_gaussians"] > 0 and figures["size_mb"] > 0
+    models = report["models"]
+    assert models["student-compact"]["size_mb"] < models["student"]["size_mb"]
+    assert (out / "psnr_vs_gaussians.png").stat().st_size > 0 and (out / "views_strip.png").stat().st_size > 0
+    assert "| student |" in (out / "report.md").read_text()
+
+    # distilled3dgs-eval evaluates the compact file directly, and agrees with the report
+    student_config = out / "runs" / "student" / "distilled3dgs-student" / "run" / "config.yml"
+    figures_path, compact = tmp_path / "compact_eval.json", out / "export" / "student.compact"
+    evaluated = subprocess.run(
+        ["distilled3dgs-eval", "--load-config", str(student_config), "--compact", str(compact),
+         "--output-path", str(figures_path), "--render-repeats", "0"],
+        capture_output=True, text=True, env={**os.environ, "DISTILLED3DGS_NO_LPIPS": "1"},
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert figures["psnr"] == pytest.approx(models["student-compact"]["psnr"], abs=1e-4)
+    assert figures["num_gaussians"] == models["student-compact"]["num_gaussians"]
+    assert figures["size_mb"] == pytest.approx(models["student-compact"]["size_mb"])
+
+    logs = {p.name: p.stat().st_mtime for p in (out / "runs").glob("*.log")}
+    second = run_command([*TINY, "--output-dir", str(out)], REPO_ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for stage in ("scene", "teacher-standard", "teacher-dropout", "student", "eval-student"):
+        assert f"{stage}: finished earlier" in second.stdout
+    assert {p.name: p.stat().st_mtime for p in (out / "runs").glob("*.log")} == logs  # no ns-train started
+
+    changed = run_command([*TINY, "--output-dir", str(out), "--student-steps", "50"], REPO_ROOT)
+    assert changed.returncode == 2 and "--redo student" in changed.stderr  # other settings: refused, not mixed
+
+
+@pytest.mark.slow
+def test_a_crash_loses_only_the_stage_in_progress(tmp_path):
+    """Kill the run while the student trains; the re-run keeps the teachers and resumes the student."""
+    out = tmp_path / "out"
+    args = [*TINY, "--variants", "standard", "--student-steps", "200", "--output-dir", str(out)]
+    env = {**os.environ, "DISTILLED3DGS_NO_LPIPS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distilled3dgs_ns.run", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    checkpoints = out / "runs" / "student" / "distilled3dgs-student" / "run" / "nerfstudio_models"
+    deadline = time.time() + 600
+    while not list(checkpoints.glob("step-*.ckpt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole process group: the run and its ns-train
+    process.wait()
+    assert list(checkpoints.glob("step-*.ckpt")), "the student never wrote a checkpoint"
+    assert (out / "stages" / "teacher-standard.json").exists()
+    assert not (out / "stages" / "student.json").exists()
+    teacher_log = (out / "runs" / "teacher-standard.log").stat().st_mtime
+
+    again = run_command(args, REPO_ROOT)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "teacher-standard: finished earlier" in again.stdout
+    assert (out / "runs" / "teacher-standard.log").stat().st_mtime == teacher_log
+    student = json.loads((out / "stages" / "student.json").read_text())
+    assert student["resumed_from"] is not None and student["resumed_from"] >= 19
+    assert student["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_bad_data_on_the_command_line_is_one_clear_line(tmp_path):
+    result = run_command(["--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out")], REPO_ROOT)
+    assert result.returncode == 2
+    assert "distilled3dgs-run: --data" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
