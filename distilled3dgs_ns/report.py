@@ -112,7 +112,7 @@ def picture_strip(views: Path, teacher_names: list[str], student: str, path: Pat
     return path
 
 
-def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str, Any]]) -> Path:
+def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str, Any]], device: str) -> Path:
     """Write report.json, report.md and the pictures; returns the path of report.md."""
     models = collect_models(evaluations)
     teacher_names = [name for name in evaluations if name.startswith("teacher")]
@@ -124,7 +124,7 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         "teacher_steps": config.teacher_steps,
         "student_steps": config.student_steps,
         "variants": list(config.variants),
-        "device_type": config.device_type,
+        "device": device,
         "machine": platform.platform(),
     }
     report = {
@@ -138,7 +138,7 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         "# Distilled-3DGS run report",
         "",
         f"Scene: {summary['data']}; preset: {config.preset or 'none'}; teachers {config.teacher_steps} steps, "
-        f"student {config.student_steps} steps; device: {config.device_type}.",
+        f"student {config.student_steps} steps; device: {device}.",
         "",
         markdown_table(models),
         "",

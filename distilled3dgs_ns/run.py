@@ -543,7 +543,7 @@ class Run:
         student = self.train_stages([self.student_training(teacher_configs, teacher_count)], data, gpus[:1])
         evaluations = {name: self.stage_eval(name, record, student=False) for name, record in teachers.items()}
         evaluations["student"] = self.stage_eval("student", student["student"], student=True)
-        return write_report(self.output_dir, cfg, evaluations)
+        return write_report(self.output_dir, cfg, evaluations, device=device_type_of(cfg))
 
 
 def teacher_gaussian_count(record: dict[str, Any]) -> int:
