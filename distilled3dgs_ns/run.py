@@ -60,6 +60,10 @@ class SplatfactoSchedule:
     """Coarse-to-fine: the image resolution doubles every this much of the run (with --model-args num-downscales)."""
     refine_every: int = 100
     """Densify / cull every this many steps (a step count: it sets how many images the statistics average over)."""
+    lr_decay_length: float = 1.0
+    """The position (and camera / bilateral-grid) learning rates reach their final values at this multiple of the run:
+    1 is 3DGS's schedule over the whole run. Short runs do better with slower decay: 10 (splatfacto's 30k-step decay
+    in a 3k-step run) gave a lego-100 teacher 32.99 instead of 31.90 dB at 3k steps."""
 
     def options(self, steps: int) -> list[str]:
         """ns-train options for a run of ``steps`` steps (learning-rate decays end at the end of the run too)."""
@@ -74,8 +78,9 @@ class SplatfactoSchedule:
             "--pipeline.model.resolution-schedule", at(self.resolution_every),
             "--pipeline.model.refine-every", str(self.refine_every),
         ]  # fmt: skip
+        decay = str(max(1, round(self.lr_decay_length * steps)))
         for name in ("means", "camera_opt", "bilateral_grid"):
-            options += [f"--optimizers.{name}.scheduler.max-steps", str(steps)]
+            options += [f"--optimizers.{name}.scheduler.max-steps", decay]
         return options
 
 

@@ -61,6 +61,8 @@ def test_schedule_scales_splatfacto_steps_with_the_run_length():
         assert value["--pipeline.model.warmup-length"] == str(steps // 10)
         assert value["--pipeline.model.sh-degree-interval"] == str(steps // 8)
         assert value["--optimizers.means.scheduler.max-steps"] == str(steps)
+    slow_decay = SplatfactoSchedule(lr_decay_length=10.0).options(3000)
+    assert slow_decay[slow_decay.index("--optimizers.means.scheduler.max-steps") + 1] == "30000"
 
 
 def test_resumed_command_trains_the_remaining_steps(tmp_path):
