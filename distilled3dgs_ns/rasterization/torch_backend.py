@@ -43,8 +43,6 @@ def rasterization_torch(
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, covars)
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
-    if rasterize_mode not in ("classic", "antialiased"):
-        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     proj, opacities = _project(
         means,
         quats,
@@ -187,6 +185,8 @@ def _project(
     covars: Tensor | None,
 ) -> tuple[Projection, Tensor]:
     """Project into every camera; the ``[C, N]`` opacities carry the antialiasing compensation when there is one."""
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     if covars is None:
         covars = quat_scale_to_covar(quats, scales)
     proj = project_gaussians(
