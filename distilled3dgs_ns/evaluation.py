@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import tyro
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
+from distilled3dgs_ns.progress import progress_bar
 
 METRIC_KEYS = ("psnr", "ssim", "lpips")
 
@@ -45,17 +45,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def progress_bar(transient: bool = True) -> Progress:
-    """The rich progress bar every long loop of the plugin uses."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=transient,
-    )
 
 
 @torch.no_grad()
@@ -83,8 +72,7 @@ def evaluate_pipeline(
     per_view: dict[str, list[float]] = {}
     times: list[float] = []
     result = Evaluation(figures={})
-    with progress_bar() as progress:
-        task = progress.add_task(label, total=len(views))
+    with progress_bar(label, len(views)) as advance:
         for index, (camera, batch) in enumerate(views):
             outputs = model.get_outputs_for_camera(camera)
             metrics, _ = model.get_image_metrics_and_images(outputs, batch)
@@ -104,7 +92,7 @@ def evaluate_pipeline(
                 samples.append(time.perf_counter() - start)
             if samples:
                 times.append(statistics.median(samples))
-            progress.advance(task)
+            advance()
     result.figures = {key: statistics.fmean(values) for key, values in per_view.items()}
     result.figures["num_gaussians"] = int(model.num_points)
     result.figures["size_mb"] = float(model.size_mb)

@@ -1,4 +1,4 @@
-"""One rich progress bar helper, so every long loop here reports the same way (or stays silent in tests)."""
+"""One look for every long loop of the plugin (training stages, evaluation, k-means, significance, fine-tuning)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,26 @@ Advance = Callable[..., None]
 """``advance(steps=1, status="")``: move the bar on and show a short status (a loss, a distortion)."""
 
 
-@contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Advance]:
-    """A transient bar over ``total`` steps; with ``enabled=False`` a no-op, so callers need no branches."""
-    if not enabled:
-        yield lambda steps=1, status="": None
-        return
-    columns = (
+def progress_display(transient: bool = True) -> Progress:
+    """The plugin's rich ``Progress``; several bars at once (e.g. parallel trainings) need ``status=""`` per task."""
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
+        transient=transient,
     )
-    with Progress(*columns, transient=True) as progress:
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Advance]:
+    """A transient bar over ``total`` steps; with ``enabled=False`` a no-op, so callers need no branches."""
+    if not enabled:
+        yield lambda steps=1, status="": None
+        return
+    with progress_display() as progress:
         task = progress.add_task(description, total=total, status="")
 
         def advance(steps: int = 1, status: str = "") -> None:

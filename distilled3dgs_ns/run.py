@@ -434,13 +434,15 @@ class Run:
                 todo.append((training, key))
         if not todo:
             return records
-        from distilled3dgs_ns.evaluation import progress_bar
+        from distilled3dgs_ns.progress import progress_display
 
         lock = threading.Lock()
         workers = len(gpus) if gpus else min(self.config.jobs, len(todo))
         free: list[str | None] = list(gpus) if gpus else [None] * workers
-        with progress_bar(transient=False) as progress:
-            tasks = {t.stage: progress.add_task(f"{t.stage} ({t.steps} steps)", total=t.steps) for t, _ in todo}
+        with progress_display(transient=False) as progress:
+            tasks = {
+                t.stage: progress.add_task(f"{t.stage} ({t.steps} steps)", total=t.steps, status="") for t, _ in todo
+            }
 
             def train(item: tuple[Training, str]) -> dict[str, Any]:
                 training, key = item
@@ -507,8 +509,7 @@ class Run:
         from distilled3dgs_ns.evaluation import evaluate_pipeline
 
         start = time.perf_counter()
-        cameras = pipeline.datamanager.train_dataset.cameras.to(pipeline.model.device)
-        export_compact(pipeline, cameras, path, CompactOptions())
+        export_compact(pipeline, None, path, CompactOptions())  # significance over the pipeline's training views
         export_s = time.perf_counter() - start
         apply_to_model(pipeline.model, read_compact(path))
         result = evaluate_pipeline(
@@ -552,9 +553,7 @@ class Run:
 
 
 def teacher_gaussian_count(record: dict[str, Any]) -> int:
-    """Gaussian count of a finished training, read from its final checkpoint (cached in the record)."""
-    if "num_gaussians" in record:
-        return int(record["num_gaussians"])
+    """Gaussian count of a finished training, read from its final checkpoint."""
     import torch
 
     folder = Path(record["config"]).parent / "nerfstudio_models"

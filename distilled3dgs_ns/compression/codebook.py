@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distilled3dgs_ns.compression.progress import progress_bar
+from distilled3dgs_ns.progress import progress_bar
 
 DISTANCE_BLOCK_ELEMENTS = 1 << 24
 """Distances held at once by ``nearest_codes`` (rows x codes); bounds its memory independently of the input size."""

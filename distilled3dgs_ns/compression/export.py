@@ -16,7 +16,7 @@ from distilled3dgs_ns.compression.compact_format import Compression, write_compa
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
 from distilled3dgs_ns.compression.model_io import model_of, model_params
-from distilled3dgs_ns.compression.progress import progress_bar
+from distilled3dgs_ns.progress import progress_bar
 from distilled3dgs_ns.significance import significance_scores
 
 PLY_HEADER_BYTES = 1000

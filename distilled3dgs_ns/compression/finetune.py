@@ -20,7 +20,7 @@ from torch import Tensor
 from distilled3dgs_ns.compression.compact_format import CompactGaussians
 from distilled3dgs_ns.compression.encode import pack
 from distilled3dgs_ns.compression.model_io import apply_to_model, model_params
-from distilled3dgs_ns.compression.progress import progress_bar
+from distilled3dgs_ns.progress import progress_bar
 
 ViewSource = Callable[[int], tuple[Cameras, dict[str, Tensor]]]
 """``views(step) -> (camera, batch)`` with ``batch["image"]``, e.g. a ``FullImageDatamanager.next_train``."""
