@@ -200,8 +200,10 @@ def reference_hit_counts(
     eps2d: float = 0.3,
     tile_size: int = 16,
     rasterize_mode: str = "classic",
+    top_contributor: bool = False,
 ) -> Tensor:
-    """``[C, N]``: per camera, the pixels where each Gaussian is composited by gsplat's rules, counted one by one."""
+    """``[C, N]``: per camera, the pixels where each Gaussian is composited by gsplat's rules, counted one by one;
+    with ``top_contributor``, only the pixels where its weight ``alpha * T`` is the largest (the front one on ties)."""
     counts = torch.zeros(len(viewmats), len(means), dtype=torch.int64)
     for cam in range(len(viewmats)):
         visible, _ = _visible_gaussians(
@@ -233,7 +235,7 @@ def reference_hit_counts(
         ]
         for i in range(height):
             for j in range(width):
-                trans = 1.0
+                trans, best, best_g = 1.0, 0.0, None
                 for g, mx, my, a, b, c, opacity, tiles_x, tiles_y in gaussians:
                     if j // tile_size not in tiles_x or i // tile_size not in tiles_y:
                         continue
@@ -244,6 +246,11 @@ def reference_hit_counts(
                         continue
                     if trans * (1 - alpha) <= 1e-4:
                         break
-                    counts[cam, g] += 1
+                    if not top_contributor:
+                        counts[cam, g] += 1
+                    elif alpha * trans > best:
+                        best, best_g = alpha * trans, g
                     trans *= 1 - alpha
+                if best_g is not None:
+                    counts[cam, best_g] += 1
     return counts

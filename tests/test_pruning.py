@@ -116,6 +116,36 @@ def test_hit_counts_match_reference(
     assert torch.equal(hit_counts(*as_float32, rasterize_mode=rasterize_mode), reference)
 
 
+@pytest.mark.parametrize(("seed", "rasterize_mode", "tiny_slabs"), [(2, "classic", False), (3, "antialiased", True)])
+def test_top_contributor_counts_match_reference(
+    seed: int, rasterize_mode: str, tiny_slabs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if tiny_slabs:  # the running maximum carried between slabs and groups
+        monkeypatch.setattr(composite, "SLAB_ELEMS", 512)
+        monkeypatch.setattr(composite, "MIN_BATCH", 4)
+        monkeypatch.setattr(composite, "MAX_BATCH", 5)
+    scene = make_scene(n=14, n_cams=2, width=23, height=17, seed=seed)
+    ours, reference = _counts(scene, rasterize_mode=rasterize_mode, top_contributor=True)
+    assert ours.dtype == torch.int64 and ours.shape == (2, 14)
+    assert torch.equal(ours, reference)
+    hits, _ = _counts(scene, rasterize_mode=rasterize_mode)
+    assert (ours <= hits).all() and (hits > ours).any(), "a top contributor is composited; some composited are not"
+    assert (reference > 0).sum() > 6, "scene has few winners: the test would be vacuous"
+    # Every covered pixel has exactly one winner.
+    covered = hits.sum(dim=1) > 0
+    assert (ours.sum(dim=1)[covered] <= 23 * 17).all()
+
+
+def test_top_contributor_is_the_largest_weight_not_the_front() -> None:
+    # A faint Gaussian in front of an opaque one: the opaque one wins where both overlap, the faint one elsewhere.
+    faint = ([0.0, 0.0, 2.0], [0.5, 0.5, 0.5], 0.05)
+    opaque_small = ([0.0, 0.0, 3.0], [0.05, 0.05, 0.05], 0.95)
+    ours, reference = _counts(_layered_scene([faint, opaque_small]), top_contributor=True)
+    assert torch.equal(ours, reference)
+    hits, _ = _counts(_layered_scene([faint, opaque_small]))
+    assert 0 < ours[0, 1] < hits[0, 1] and ours[0, 0] == hits[0, 0] - ours[0, 1]
+
+
 def _layered_scene(layers: list[tuple[list[float], list[float], float]], width: int = 21, height: int = 13) -> dict:
     """One camera at the origin looking down +z; ``layers`` are (mean, scales, opacity) of axis-aligned Gaussians."""
     focal = 30.0

@@ -2,7 +2,8 @@
 
 gsplat's own entry point dies on CPU (its kernels are CUDA-only), so callers use this function and get the same
 outputs and ``info`` (enough for ``gsplat.strategy.DefaultStrategy``, absgrad included) on CPU or MPS.
-``hit_counts()`` counts, per Gaussian, the pixels it is composited at (gsplat 1.4 has no such output), on any device.
+``hit_counts()`` counts, per Gaussian, the pixels it is composited at, or those where it is the top contributor
+(gsplat 1.4 has neither output), on any device.
 """
 
 from __future__ import annotations

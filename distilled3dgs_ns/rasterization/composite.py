@@ -1,4 +1,5 @@
-"""Front-to-back alpha compositing of binned Gaussians, with an analytic backward and a hit-count pass.
+"""Front-to-back alpha compositing of binned Gaussians, with an analytic backward and two counting passes (the
+pixels each Gaussian is composited at, and those where it is the top contributor).
 
 Work is done per slab: ``[blocks, pixels, n]`` pixel-Gaussian pairs, for the next ``n`` Gaussians of each block's
 depth-sorted list, so that beyond the intersection lists memory is O(slab), whatever the image or scene size (never
@@ -212,6 +213,26 @@ class _Compositor:
             counts.index_add_(0, pairs.ids, per_pair[:-1].round().long())
         return counts
 
+    def top_contributions(self) -> Tensor:
+        """Per flat Gaussian row, the image pixels where its blending weight ``alpha * T`` is the largest of the
+        pixel's (ties: the front one) ``[M]`` (int64): Mini-Splatting's "area_max", by ``forward``'s weights."""
+        n_blocks = len(self.plan.block_lens)
+        trans = self.means2d.new_ones(n_blocks, self.pixels, 1)
+        best = self.means2d.new_zeros(n_blocks, self.pixels)
+        best_row = torch.zeros(n_blocks, self.pixels, dtype=torch.int64, device=self.means2d.device)
+        for pairs, slabs in self.groups():
+            row_ids = F.pad(pairs.ids, (0, 1))  # the padding row: its weight is 0, so it never wins
+            for b0, b1, rows in slabs:
+                alpha, _ = self.alphas(pairs.gather(pairs.coef, rows).transpose(1, 2))
+                odds, t_after = self.transmittance(alpha, trans[b0:b1])
+                slab_best, position = t_after.mul_(odds).max(dim=-1)  # the first maximum: the front one
+                better = slab_best > best[b0:b1]  # strict: an earlier slab keeps a tie
+                best[b0:b1] = torch.where(better, slab_best, best[b0:b1])
+                winner = row_ids[rows].gather(1, position)
+                best_row[b0:b1] = torch.where(better, winner, best_row[b0:b1])
+        won = (best > 0) & (self.inside_image()[:, 0] > 0)
+        return torch.bincount(best_row[won], minlength=len(self.means2d))
+
     def inside_image(self) -> Tensor:
         """``[blocks, 1, P]``: 1 for the blocks' pixels inside the image, 0 for the padding of edge tiles."""
         centres = self.plan.block_centres
@@ -331,6 +352,13 @@ def count_hits(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tenso
     """Per flat Gaussian row, the number of pixels where it takes part in compositing (forward rules, no colours)."""
     no_colors = means2d.new_zeros(opacities.numel(), 0)
     return _Compositor(plan, means2d, conics, no_colors, opacities).hits()
+
+
+@torch.no_grad()
+def count_top_contributions(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
+    """Per flat Gaussian row, the number of pixels where it has the largest blending weight (forward rules)."""
+    no_colors = means2d.new_zeros(opacities.numel(), 0)
+    return _Compositor(plan, means2d, conics, no_colors, opacities).top_contributions()
 
 
 class CompositeFunction(torch.autograd.Function):

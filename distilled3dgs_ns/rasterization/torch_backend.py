@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .binning import TilePlan, isect_tiles, make_plan
-from .composite import CompositeFunction, count_hits
+from .composite import CompositeFunction, count_hits, count_top_contributions
 from .projection import Projection, project_gaussians, quat_scale_to_covar
 from .sh import spherical_harmonics
 
@@ -137,11 +137,14 @@ def hit_counts(
     tile_size: int = 16,
     rasterize_mode: str = "classic",
     covars: Tensor | None = None,
+    top_contributor: bool = False,
 ) -> Tensor:
     """Per camera, the number of pixels each Gaussian takes part in compositing at ``[C, N]`` (int64).
 
     LightGaussian's hit count: alpha >= 1/255 and the pixel not stopped yet, by the rules of ``rasterization_torch``
-    (gsplat's), with the same arguments. A forward pass without colours, on any device; memory as one render.
+    (gsplat's), with the same arguments. With ``top_contributor`` only the pixels where the Gaussian's blending weight
+    ``alpha * T`` is the pixel's largest count (Mini-Splatting's ``area_max``; ties go to the front Gaussian), so the
+    counts of a camera sum to its covered pixels. A forward pass without colours, on any device; memory as one render.
     """
     n_gauss, n_cams = means.shape[0], viewmats.shape[0]
     _check_inputs(means, quats, scales, opacities, None, viewmats, Ks, None, covars)
@@ -165,7 +168,8 @@ def hit_counts(
     _, plan = _bin(
         proj.means2d, proj.radii, proj.depths, proj.conics, opacities, flat_cams, n_cams, width, height, tile_size
     )
-    return count_hits(plan, proj.means2d, proj.conics, opacities).reshape(n_cams, n_gauss)
+    count = count_top_contributions if top_contributor else count_hits
+    return count(plan, proj.means2d, proj.conics, opacities).reshape(n_cams, n_gauss)
 
 
 def _project(
