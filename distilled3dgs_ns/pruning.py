@@ -1,15 +1,18 @@
 """Which Gaussians matter, and removing the others without breaking the optimizers.
 
 Scores: the accumulated blending weight (Mini-Splatting / Distilled-3DGS) and LightGaussian's global significance.
-Selections: importance-proportional sampling without replacement, a cumulative-mass cut and a lowest-share cut; all
-return boolean *keep* masks. ``prune_gaussians`` applies a keep mask to parameters, Adam state and strategy state.
+Selections: importance-proportional sampling without replacement, a cumulative-mass cut, a lowest-share cut and a
+top-count cut; all return boolean *keep* masks. ``prune_gaussians`` applies a keep mask to parameters, Adam state and
+strategy state. ``PruneSchedule`` is the student's prune events as a small strategy (gsplat's idiom): it resolves
+them from run fractions and applies them in ``step_post_backward``, so it can be tested without a model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import torch
 from gsplat.strategy.ops import remove
@@ -146,6 +149,18 @@ def lowest_share_mask(scores: Tensor, share: float) -> Tensor:
     return keep
 
 
+def top_count_mask(scores: Tensor, count: int) -> Tensor:
+    """Keep the ``count`` highest scores (ties keep lower indices); a zero score is never kept, so fewer may remain."""
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    order = torch.sort(scores, descending=True, stable=True).indices[: min(count, scores.numel())]
+    keep[order] = True
+    return keep & (scores > 0)
+
+
 def prune_gaussians(
     params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
     optimizers: dict[str, torch.optim.Optimizer],
@@ -177,3 +192,124 @@ def prune_gaussians(
     for key, value in strategy_state.items():
         if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == n:
             strategy_state[key] = value[keep.to(value.device)]
+
+
+PruneKind = Literal["sample", "share", "mass", "count"]
+KIND_ORDER: tuple[PruneKind, ...] = ("sample", "share", "mass", "count")
+"""Order of events that fall on the same step."""
+KIND_NAMES = {"sample": "importance sampling", "share": "lowest-share cut", "mass": "mass cut", "count": "count cut"}
+
+
+def staged_count_events(count: int, start: float, stop: float | None, stages: int) -> list[PruneEvent]:
+    """A count cut to ``count`` in ``stages`` evenly spaced events from ``start`` to ``stop`` (fractions of the run)."""
+    if stages < 1:
+        raise ValueError(f"a count cut needs at least one stage, got {stages}")
+    if stages == 1 or stop is None:
+        return [PruneEvent("count", start, float(count))]
+    if stop < start:
+        raise ValueError(f"the count cut's last stage ({stop}) comes before its first ({start})")
+    return [
+        PruneEvent("count", start + (stop - start) * k / (stages - 1), float(count), stages_left=stages - k)
+        for k in range(stages)
+    ]
+
+
+@dataclass(frozen=True)
+class PruneEvent:
+    """One prune: ``kind`` at ``at`` (a fraction of the run) with its ``value``: the sampling factor, the share
+    removed, the importance mass kept, or the number of Gaussians kept."""
+
+    kind: PruneKind
+    at: float
+    value: float
+    stages_left: int = 1
+    """For a count cut reached in stages: this one and the later ones. Each keeps ``n * (value / n) ** (1 /
+    stages_left)`` of the ``n`` Gaussians it finds, a geometric approach to ``value`` that adapts to what the
+    densification or earlier cuts left."""
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What one event did (for logs)."""
+
+    event: PruneEvent
+    step: int
+    before: int
+    after: int
+
+    def describe(self) -> str:
+        return f"step {self.step}: {KIND_NAMES[self.event.kind]} kept {self.after} of {self.before} Gaussians"
+
+
+Scores = Callable[[], tuple[Tensor, Tensor | None]]
+"""Computes ``(importance [N], top-contributor pixel counts [N] or None)`` over the training views, when due."""
+
+
+@dataclass
+class PruneSchedule:
+    """The prune events of a run, resolved against its length; ``step_post_backward`` applies the ones due.
+
+    With ``top_filter`` (Mini-Splatting's intersection-preserving filter) a Gaussian that is never the top contributor
+    of any training pixel scores 0 before every selection, so sampling and cuts only choose among the ones that
+    shape the image. Each event fires at exactly one step, so a resumed run never repeats one.
+    """
+
+    events: list[PruneEvent] = field(default_factory=list)
+    top_filter: bool = False
+    seed: int = 0
+    run_length: int = 30_000
+
+    def __post_init__(self) -> None:
+        for event in self.events:
+            if not 0.0 <= event.at <= 1.0:
+                raise ValueError(f"a {event.kind} prune is scheduled at a run fraction in [0, 1], got {event.at}")
+        self.events = sorted(self.events, key=lambda e: (e.at, KIND_ORDER.index(e.kind)))
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def step_of(self, event: PruneEvent) -> int:
+        return int(round(event.at * self.run_length))
+
+    def steps(self) -> list[int]:
+        """The steps of the events, ascending (one entry per event)."""
+        return [self.step_of(event) for event in self.events]
+
+    def first_step(self) -> int | None:
+        return self.steps()[0] if self.events else None
+
+    def due(self, step: int) -> list[PruneEvent]:
+        return [event for event in self.events if self.step_of(event) == step]
+
+    def keep_mask(self, event: PruneEvent, importance: Tensor, top_counts: Tensor | None = None) -> Tensor:
+        """The Gaussians ``event`` keeps, given their importance (and top-contributor counts for the filter)."""
+        if self.top_filter:
+            if top_counts is None:
+                raise ValueError("the top-contributor filter needs the top-contributor counts")
+            importance = torch.where(top_counts > 0, importance, torch.zeros_like(importance))
+        if event.kind == "sample":
+            return sample_by_importance(importance, event.value, self.generator)
+        if event.kind == "share":
+            return lowest_share_mask(importance, event.value)
+        if event.kind == "mass":
+            return mass_cut(importance, event.value)
+        n = len(importance)
+        count = int(event.value)
+        if n > count and event.stages_left > 1:
+            count = round(n * (count / n) ** (1 / event.stages_left))
+        return top_count_mask(importance, count)
+
+    def step_post_backward(
+        self,
+        params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
+        optimizers: dict[str, torch.optim.Optimizer],
+        state: dict[str, Any],
+        step: int,
+        scores: Scores,
+    ) -> list[PruneResult]:
+        """Apply the events due at ``step`` in place (scores recomputed before each); returns what each did."""
+        results = []
+        for event in self.due(step):
+            importance, top_counts = scores()
+            before = len(importance)
+            prune_gaussians(params, optimizers, state, self.keep_mask(event, importance, top_counts))
+            results.append(PruneResult(event, step, before, len(next(iter(params.values())))))
+        return results

@@ -21,9 +21,13 @@ from distilled3dgs_ns.rasterization import hit_counts
 
 @torch.no_grad()
 def training_hit_counts(
-    model: PortableSplatfactoModel, cameras: Cameras, progress: Callable[[int], None] | None = None
+    model: PortableSplatfactoModel,
+    cameras: Cameras,
+    progress: Callable[[int], None] | None = None,
+    top_contributor: bool = False,
 ) -> Tensor:
-    """Per Gaussian, the pixels of all ``cameras`` (full resolution) it is composited at ``[N]`` (int64).
+    """Per Gaussian, the pixels of all ``cameras`` (full resolution) it is composited at ``[N]`` (int64); with
+    ``top_contributor``, those where it has the pixel's largest blending weight.
 
     Rendered as the model renders (activated opacities and scales, its ``rasterize_mode``); ``progress(k)`` is
     called after the k-th view.
@@ -46,6 +50,7 @@ def training_hit_counts(
             width=int(camera.width.item()),
             height=int(camera.height.item()),
             rasterize_mode=model.config.rasterize_mode,
+            top_contributor=top_contributor,
         )[0]
         if progress is not None:
             progress(k + 1)

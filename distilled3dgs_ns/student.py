@@ -38,15 +38,16 @@ from distilled3dgs_ns.portable_splatfacto import (
     world_to_camera,
 )
 from distilled3dgs_ns.pruning import (
+    PruneEvent,
+    PruneResult,
+    PruneSchedule,
     accumulated_blending_weight,
-    lowest_share_mask,
-    mass_cut,
     prune_gaussians,
-    sample_by_importance,
+    staged_count_events,
 )
-from distilled3dgs_ns.rasterization import rasterization
+from distilled3dgs_ns.rasterization import hit_counts, rasterization
 from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, RunWindow, paper_fraction, run_length_of, to_step
-from distilled3dgs_ns.significance import significance_scores
+from distilled3dgs_ns.significance import significance_scores, training_hit_counts
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, composite
 
@@ -60,15 +61,35 @@ MIN_COADAPTATION = paper_fraction(1_000)
 PruneScore = Literal["blending-weight", "global-significance"]
 
 
+BLUR_KEY = "top_contributions"
+"""``info`` key of the step's per-Gaussian top-contributor pixel counts ``[N]`` (set by the model for blur split)."""
+NO_RESET = 1 << 40
+"""``reset_every`` that never comes: no opacity reset."""
+
+
 @dataclass
 class CappedStrategy(DefaultStrategy):
-    """gsplat's ``DefaultStrategy`` that never grows beyond ``max_gaussians`` (gsplat 1.4 has no cap).
+    """gsplat's ``DefaultStrategy`` that never grows beyond ``max_gaussians`` (gsplat 1.4 has no cap), with
+    Mini-Splatting's blur split as an option.
 
     When more Gaussians qualify than the budget allows, the ones with the largest view-space gradient grow; the
-    official code instead skips densification altogether once the count reaches its maximum.
+    official code instead skips densification altogether once the count reaches its maximum. With
+    ``blur_split_area``, a Gaussian that was the top contributor of more than that share of a view's pixels (the
+    step's ``info[BLUR_KEY]``) since the last refinement is split at the next one, whatever its gradient.
     """
 
     max_gaussians: int | None = None
+    blur_split_area: float | None = None
+
+    def step_post_backward(self, params, optimizers, state, step, info, packed=False) -> None:
+        if self.blur_split_area is not None and step < self.refine_stop_iter and BLUR_KEY in info:
+            n = len(params["means"])
+            if not isinstance(state.get("blur"), Tensor) or state["blur"].shape != (n,):
+                state["blur"] = torch.zeros(n, dtype=torch.bool, device=params["means"].device)
+            state["blur"] |= (
+                info[BLUR_KEY].to(state["blur"].device) > self.blur_split_area * info["width"] * info["height"]
+            )
+        super().step_post_backward(params, optimizers, state, step, info, packed)
 
     @torch.no_grad()
     def _grow_gs(
@@ -78,16 +99,18 @@ class CappedStrategy(DefaultStrategy):
         state: dict[str, Any],
         step: int,
     ) -> tuple[int, int]:
-        if self.max_gaussians is None:
-            return super()._grow_gs(params, optimizers, state, step)
         grads = state["grad2d"] / state["count"].clamp_min(1)
         is_small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
         is_split = (grads > self.grow_grad2d) & ~is_small
         if step < self.refine_scale2d_stop_iter:
             is_split |= state["radii"] > self.grow_scale2d
+        blur = state.get("blur")
+        if isinstance(blur, Tensor) and blur.shape == is_split.shape:
+            is_split |= blur
         is_dupli = (grads > self.grow_grad2d) & is_small
         candidates = is_dupli | is_split
-        budget = max(self.max_gaussians - len(params["means"]), 0)  # each duplicate or split adds one Gaussian
+        budget = len(params["means"]) if self.max_gaussians is None else self.max_gaussians - len(params["means"])
+        budget = max(budget, 0)  # each duplicate or split adds one Gaussian
         if int(candidates.sum()) > budget:
             allowed = torch.zeros_like(candidates)
             allowed[torch.where(candidates, grads, -math.inf).topk(budget).indices] = True
@@ -101,6 +124,8 @@ class CappedStrategy(DefaultStrategy):
             split(
                 params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity
             )
+        if "blur" in state:
+            state["blur"] = torch.zeros(len(params["means"]), dtype=torch.bool, device=params["means"].device)
         return n_dupli, n_split
 
 
@@ -148,18 +173,61 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     """Cumulative-mass prune; None: skip it."""
     prune_mass: float = 0.99
     """Share of the total importance the Gaussians kept by the mass prune hold."""
+    prune_count_at: float | None = None
+    """Count cut: keep the prune_count highest-scoring Gaussians here; None: skip it (the same-budget baselines and
+    a teacher-initialised student prune to their budget so)."""
+    prune_count: int | None = None
+    """Gaussians the count cut keeps."""
+    prune_count_stages: int = 1
+    """Reach prune_count in this many cuts, evenly spaced from prune_count_at to prune_count_until, each removing
+    the same share of what is left (gradual pruning lets the survivors adapt between cuts)."""
+    prune_count_until: float | None = None
+    """Fraction of the run of the last staged count cut (with prune_count_stages > 1)."""
+    prune_top_filter: bool = False
+    """Mini-Splatting's intersection-preserving filter: before every prune, a Gaussian that is the top contributor
+    (largest alpha * T) of no training pixel scores 0, so it goes first (the official student's)."""
+    prune_fresh_optimizer: bool = False
+    """Restart Adam (empty moments) after every prune, as the official code's training_setup does (the sampling
+    prune with prune_reinitialize always restarts it)."""
     prune_seed: int = 0
     """Seed of the importance sampling."""
+    reset_opacity: bool = True
+    """Splatfacto's periodic opacity reset (reset_alpha_every) during densification; the official student has
+    none (its teachers do)."""
+    blur_split: bool = False
+    """Mini-Splatting's blur split: at each refinement, also split every Gaussian that was the top contributor of
+    more than blur_split_area of a training view's pixels since the last one, whatever its gradient."""
+    blur_split_area: float = 1 / 5000
+    """Share of a view's pixels above which a top contributor counts as a blur (official: H * W / 5000)."""
 
     def __post_init__(self) -> None:
         """Fail at start-up rather than at the prune step, mid-run."""
-        for name in ("prune_sample_at", "prune_share_at", "prune_mass_at"):
+        for name in ("prune_sample_at", "prune_share_at", "prune_mass_at", "prune_count_at"):
             fraction = getattr(self, name)
             if fraction is not None and not 0.0 <= fraction <= 1.0:
                 raise ValueError(f"{name} is a fraction of the run in [0, 1] (or None), got {fraction}")
         for name in ("prune_share", "prune_mass"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.prune_count_at is not None and (self.prune_count is None or self.prune_count < 1):
+            raise ValueError(f"prune_count_at needs a positive prune_count, got {self.prune_count}")
+        if self.prune_count_at is not None:
+            staged_count_events(1, self.prune_count_at, self.prune_count_until, self.prune_count_stages)
+
+
+def prune_schedule_of(config: StudentModelConfig, run_length: int) -> PruneSchedule:
+    """The student's prune events from its config, resolved against a run of ``run_length`` steps."""
+    settings = (
+        ("sample", config.prune_sample_at, config.prune_sample_factor),
+        ("share", config.prune_share_at, config.prune_share),
+        ("mass", config.prune_mass_at, config.prune_mass),
+    )
+    events = [PruneEvent(kind, at, float(value)) for kind, at, value in settings if at is not None]
+    if config.prune_count_at is not None and config.prune_count is not None:
+        events += staged_count_events(
+            config.prune_count, config.prune_count_at, config.prune_count_until, config.prune_count_stages
+        )
+    return PruneSchedule(events, top_filter=config.prune_top_filter, seed=config.prune_seed, run_length=run_length)
 
 
 class StudentModel(PortableSplatfactoModel):
@@ -173,7 +241,6 @@ class StudentModel(PortableSplatfactoModel):
         self.teachers: TeacherEnsemble | None = None
         self.structure_loss: StructureLoss | None = None
         self.importance_views: Cameras | None = None
-        self.prune_generator = torch.Generator().manual_seed(self.config.prune_seed)
         self.show_teachers = ViewerCheckbox(
             name="Show teacher renders",
             default_value=True,
@@ -186,7 +253,10 @@ class StudentModel(PortableSplatfactoModel):
     def _make_strategy(self) -> CappedStrategy:
         base = super()._make_strategy()
         values = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
-        return CappedStrategy(**values, max_gaussians=self.config.max_gaussians)
+        if not self.config.reset_opacity:
+            values["reset_every"] = NO_RESET
+        blur = self.config.blur_split_area if self.config.blur_split else None
+        return CappedStrategy(**values, max_gaussians=self.config.max_gaussians, blur_split_area=blur)
 
     # ------------------------------------------------------------------------------------------- wiring
 
@@ -197,6 +267,14 @@ class StudentModel(PortableSplatfactoModel):
         if self.config.structure_weight > 0:
             self.structure_loss = StructureLoss(teachers.standard.model.means.detach(), self.config.structure)
 
+    @torch.no_grad()
+    def load_gaussians(self, values: dict[str, Tensor]) -> None:
+        """Replace every Gaussian parameter (before training: optimizers are built from the parameters after)."""
+        for name in GAUSSIAN_PARAM_NAMES:
+            self.gauss_params[name] = torch.nn.Parameter(values[name].detach().clone())
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.gaussian_count.value = self.num_points
+
     def set_importance_views(self, cameras: Cameras) -> None:
         """The training cameras whose blending weights define importance for pruning."""
         self.importance_views = cameras
@@ -204,6 +282,7 @@ class StudentModel(PortableSplatfactoModel):
     def set_run_length(self, run_length: int) -> None:
         """Resolve the run-fraction schedules; densification stops at the first prune."""
         self.run_length = run_length
+        self.prune_schedule = prune_schedule_of(self.config, run_length)
         self.strategy.refine_stop_iter = min([self.config.stop_split_at, *self.prune_steps()])
 
     def get_training_callbacks(
@@ -268,15 +347,9 @@ class StudentModel(PortableSplatfactoModel):
 
     # ------------------------------------------------------------------------------------------- pruning
 
-    def prune_step(self, fraction: float | None) -> int | None:
-        """The step a prune scheduled at ``fraction`` of the run fires at (None: never)."""
-        return None if fraction is None else to_step(fraction, self.run_length)
-
     def prune_steps(self) -> list[int]:
         """The steps of this run's prune events, ascending."""
-        cfg = self.config
-        fractions = (cfg.prune_sample_at, cfg.prune_share_at, cfg.prune_mass_at)
-        return sorted(to_step(fraction, self.run_length) for fraction in fractions if fraction is not None)
+        return self.prune_schedule.steps()
 
     def coadaptation_steps(self) -> int | None:
         """Steps of co-adaptation (training without densification after the last prune); None without prunes."""
@@ -302,26 +375,36 @@ class StudentModel(PortableSplatfactoModel):
     def step_post_backward(self, step: int) -> None:
         """Densify (until the first prune), then prune when scheduled."""
         super().step_post_backward(step)
-        cfg = self.config
-        if step == self.prune_step(cfg.prune_sample_at):
-            keep = sample_by_importance(self.prune_scores(), cfg.prune_sample_factor, self.prune_generator)
-            self._prune(keep, "importance sampling", step)
-            if cfg.prune_reinitialize:
+        results = self.prune_schedule.step_post_backward(
+            self.gauss_params, self.optimizers, self.strategy_state, step, self._scores_for_pruning
+        )
+        for result in results:
+            self._log_prune(result)
+            if result.event.kind == "sample" and self.config.prune_reinitialize:
                 self.reinitialize_gaussians()
-        if step == self.prune_step(cfg.prune_share_at):
-            self._prune(
-                lowest_share_mask(self.prune_scores(), cfg.prune_share), f"lowest-{cfg.prune_share:g} cut", step
-            )
-        if step == self.prune_step(cfg.prune_mass_at):
-            self._prune(mass_cut(self.prune_scores(), cfg.prune_mass), "importance mass cut", step)
+            elif self.config.prune_fresh_optimizer:
+                self.restart_optimizers()
 
     def _prune(self, keep: Tensor, how: str, step: int) -> None:
+        """Remove the Gaussians outside ``keep`` now (outside the schedule; tests and tools)."""
         before = self.num_points
         prune_gaussians(self.gauss_params, self.optimizers, self.strategy_state, keep)
-        criterion = self.config.prune_score
-        CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians (ranked by {criterion})")
-        writer.put_scalar(name=f"student/pruned_to/{criterion}", scalar=self.num_points, step=step)
+        CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians")
         self.gaussian_count.value = self.num_points
+
+    def _log_prune(self, result: PruneResult) -> None:
+        criterion = self.config.prune_score
+        CONSOLE.log(f"{result.describe()} (ranked by {criterion})")
+        writer.put_scalar(name=f"student/pruned_to/{criterion}", scalar=result.after, step=result.step)
+        self.gaussian_count.value = self.num_points
+
+    def _scores_for_pruning(self) -> tuple[Tensor, Tensor | None]:
+        tops = self.top_contributions() if self.prune_schedule.top_filter else None
+        return self.prune_scores(), tops
+
+    def top_contributions(self) -> Tensor:
+        """Per Gaussian, the training pixels where it is the top contributor ``[N]`` (the intersection filter's)."""
+        return training_hit_counts(self, self._importance_views(), top_contributor=True)
 
     def prune_scores(self) -> Tensor:
         """Each Gaussian's ``prune_score`` over the training views ``[N]``."""
@@ -375,6 +458,13 @@ class StudentModel(PortableSplatfactoModel):
         values["quats"] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=self.device).repeat(n, 1)
         values["opacities"] = torch.full((n, 1), math.log(REINIT_OPACITY / (1 - REINIT_OPACITY)), device=self.device)
         values["features_rest"] = torch.zeros_like(self.features_rest)
+        self.restart_optimizers(values)
+
+    @torch.no_grad()
+    def restart_optimizers(self, values: dict[str, Tensor] | None = None) -> None:
+        """Fresh parameters (``values``, default the current ones) with empty Adam state, as the official code's
+        ``training_setup`` after each prune: moments gathered before a prune point the survivors the wrong way."""
+        values = dict(self.gauss_params) if values is None else values
         for name in GAUSSIAN_PARAM_NAMES:
             param = torch.nn.Parameter(values[name].detach().clone())
             optimizer = self.optimizers[name]
@@ -387,11 +477,37 @@ class StudentModel(PortableSplatfactoModel):
     def get_outputs(self, camera: Cameras) -> dict[str, Tensor]:
         """Splatfacto's outputs; in eval (viewer) renders also the teachers and their blend when attached."""
         outputs = super().get_outputs(camera)
+        if self.training and self.strategy.blur_split_area is not None and self.step < self.strategy.refine_stop_iter:
+            self.info[BLUR_KEY] = self._top_contributions_in(camera)
         if not self.training:
-            self.gaussian_count.value = self.num_points
+            if self.gaussian_count.value != self.num_points:  # every assignment makes the viewer render again
+                self.gaussian_count.value = self.num_points
             if self.teachers is not None and self.show_teachers.value:
                 outputs.update(self.teacher_outputs(camera, outputs["background"]))
         return outputs
+
+    @torch.no_grad()
+    def _top_contributions_in(self, camera: Cameras) -> Tensor:
+        """Per Gaussian, the pixels of ``camera`` (at the training resolution) where it is the top contributor."""
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        try:
+            intrinsics = camera.get_intrinsics_matrices().to(self.device)
+            width, height = int(camera.width.item()), int(camera.height.item())
+        finally:
+            camera.rescale_output_resolution(scale)
+        return hit_counts(
+            self.means.detach(),
+            self.quats.detach(),
+            torch.exp(self.scales.detach()),
+            torch.sigmoid(self.opacities.detach()).squeeze(-1),
+            viewmats=world_to_camera(camera.camera_to_worlds.to(self.device)),
+            Ks=intrinsics,
+            width=width,
+            height=height,
+            rasterize_mode=self.config.rasterize_mode,
+            top_contributor=True,
+        )[0]
 
     def teacher_outputs(self, camera: Cameras, background: Tensor) -> dict[str, Tensor]:
         """``teacher_<i>_<variant>`` and ``teacher_blend`` renders on the student's background."""

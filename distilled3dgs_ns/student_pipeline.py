@@ -28,7 +28,14 @@ from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from distilled3dgs_ns.student import TEACHER_TARGET, StudentModel, StudentModelConfig
-from distilled3dgs_ns.teachers import TeacherEnsemble, check_frame, check_psnr, to_straight_alpha
+from distilled3dgs_ns.teachers import (
+    TeacherEnsemble,
+    TeacherLoadError,
+    check_frame,
+    check_psnr,
+    load_teacher,
+    to_straight_alpha,
+)
 
 
 @dataclass
@@ -57,6 +64,53 @@ class StudentPipelineConfig(VanillaPipelineConfig):
     pseudo_view_sigma: float = 0.1
     """Standard deviation of the camera-position jitter, in scene (post-dataparser) units."""
     pseudo_view_seed: int = 0
+    pseudo_view_mode: Literal["jitter", "interpolate"] = "jitter"
+    """Where pseudo views are: jitter, a training camera moved by pseudo_view_sigma (LightGaussian's); interpolate,
+    a pose between a training camera and one of its pseudo_view_neighbours nearest (position and orientation
+    interpolated), where the ground truth has no image and only the teachers supervise."""
+    pseudo_view_neighbours: int = 4
+    """Interpolation partners of a training camera: its nearest training cameras by position."""
+    init_from: Path | None = None
+    """config.yml of a trained splat (usually the standard teacher) whose Gaussians the student starts from instead
+    of random or sparse points; prune it to a budget with the prune options (e.g. --pipeline.model.prune-count-at 0
+    --pipeline.model.prune-count N). Training only, like the teachers."""
+
+
+def interpolate_camera(first: Cameras, second: Cameras, t: float) -> Cameras:
+    """A copy of ``first`` (one camera) at fraction ``t`` of the way to ``second``: positions interpolated linearly,
+    orientations along the shortest rotation (slerp); intrinsics and metadata are ``first``'s."""
+    moved = copy.deepcopy(first)
+    a, b = first.camera_to_worlds[0], second.camera_to_worlds[0].to(first.camera_to_worlds)
+    relative = a[:3, :3].T @ b[:3, :3]
+    axis_angle = _rotation_log(relative)
+    moved.camera_to_worlds[0, :3, :3] = a[:3, :3] @ _rotation_exp(t * axis_angle)
+    moved.camera_to_worlds[0, :3, 3] = (1 - t) * a[:3, 3] + t * b[:3, 3]
+    return moved
+
+
+def _rotation_log(rotation: Tensor) -> Tensor:
+    """Axis-angle vector of a rotation matrix (angle below pi)."""
+    cos = ((rotation.trace() - 1) / 2).clamp(-1.0, 1.0)
+    angle = torch.arccos(cos)
+    skew = torch.stack(
+        [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
+    )
+    if angle < 1e-6:
+        return skew / 2
+    return skew * (angle / (2 * torch.sin(angle)))
+
+
+def _rotation_exp(vector: Tensor) -> Tensor:
+    """Rotation matrix of an axis-angle vector (Rodrigues)."""
+    angle = vector.norm()
+    k = torch.zeros(3, 3, dtype=vector.dtype, device=vector.device)
+    k[0, 1], k[0, 2], k[1, 2] = -vector[2], vector[1], -vector[0]
+    k = k - k.T
+    eye = torch.eye(3, dtype=vector.dtype, device=vector.device)
+    if angle < 1e-8:
+        return eye + k
+    k = k / angle
+    return eye + torch.sin(angle) * k + (1 - torch.cos(angle)) * (k @ k)
 
 
 def jitter_camera(camera: Cameras, sigma: float, generator: torch.Generator) -> Cameras:
@@ -91,6 +145,8 @@ class StudentPipeline(VanillaPipeline):
         if test_mode != "val":
             return
         self.model.set_importance_views(self.train_cameras().to(device))
+        if config.init_from is not None:
+            self.initialise_from(config.init_from, device)
         if config.teachers:
             self.rgb_ground_truth = self.training_view(0)[1].shape[-1] == 3
             self.teachers = self.load_teachers(device)
@@ -135,6 +191,34 @@ class StudentPipeline(VanillaPipeline):
             )
         return teachers
 
+    def initialise_from(self, config_path: Path, device: str) -> None:
+        """Start the student from the Gaussians of the trained splat at ``config_path`` (same scene and frame)."""
+        source = load_teacher(config_path, device)
+        outputs = self.datamanager.train_dataparser_outputs
+        check_frame(source, outputs.dataparser_transform, outputs.dataparser_scale, self.config.frame_tolerance)
+        theirs = source.model.gauss_params["features_rest"].shape[1]
+        ours = self.model.gauss_params["features_rest"].shape[1]
+        if theirs != ours:
+            raise TeacherLoadError(
+                source.config_path,
+                f"has {theirs + 1} SH coefficients per colour, the student {ours + 1}",
+                "give the student the same --pipeline.model.sh-degree as the splat it starts from",
+            )
+        self.model.load_gaussians({k: v.detach().to(device) for k, v in source.model.gauss_params.items()})
+        CONSOLE.log(f"student: starts from the {source.model.num_points} Gaussians of {source.config_path}")
+
+    def pseudo_camera(self, camera: Cameras) -> Cameras:
+        """A pseudo view near this step's training camera (see ``pseudo_view_mode``)."""
+        if self.config.pseudo_view_mode == "jitter":
+            return jitter_camera(camera, self.config.pseudo_view_sigma, self.pseudo_generator)
+        cameras = self.train_cameras()
+        positions = cameras.camera_to_worlds[:, :3, 3]
+        here = camera.camera_to_worlds[0, :3, 3].to(positions)
+        order = torch.argsort((positions - here).norm(dim=-1))[1 : 1 + self.config.pseudo_view_neighbours]
+        partner = int(order[self.pseudo_random.randrange(len(order))]) if len(order) else 0
+        t = self.pseudo_random.uniform(0.25, 0.75)
+        return interpolate_camera(camera, cameras[partner : partner + 1].to(camera.device), t)
+
     def teacher_target(self, camera: Cameras) -> Tensor:
         """Straight-alpha RGBA blend of the teachers for ``camera``, cached per training view."""
         assert self.teachers is not None
@@ -151,7 +235,7 @@ class StudentPipeline(VanillaPipeline):
         camera, batch = self.datamanager.next_train(step)
         if self.teachers is not None:
             if self.pseudo_random.random() < self.config.pseudo_view_rate:
-                camera = jitter_camera(camera, self.config.pseudo_view_sigma, self.pseudo_generator)
+                camera = self.pseudo_camera(camera)
                 batch = {"image": to_straight_alpha(self.teachers.render_blend(camera, self.rgb_ground_truth))}
             else:
                 batch[TEACHER_TARGET] = self.teacher_target(camera)

@@ -14,12 +14,15 @@ from test_rasterization import look_at, make_scene
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModelConfig
 from distilled3dgs_ns.pruning import (
+    PruneEvent,
+    PruneSchedule,
     accumulated_blending_weight,
     global_significance,
     lowest_share_mask,
     mass_cut,
     prune_gaussians,
     sample_by_importance,
+    top_count_mask,
 )
 from distilled3dgs_ns.rasterization import composite, hit_counts
 from distilled3dgs_ns.significance import significance_scores
@@ -356,3 +359,70 @@ def test_prune_gaussians_validates_inputs() -> None:
     del optimizers["means"]
     with pytest.raises(ValueError, match="means"):
         prune_gaussians(params, optimizers, {}, torch.ones(4, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------------ prune schedule
+
+
+def _params_and_adam(n: int) -> tuple[dict, dict]:
+    params = {name: torch.nn.Parameter(torch.randn(n, width)) for name, width in (("means", 3), ("opacities", 1))}
+    optimizers = {name: torch.optim.Adam([p], lr=0.1) for name, p in params.items()}
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    for optimizer in optimizers.values():
+        optimizer.step()
+    return params, optimizers
+
+
+def test_prune_schedule_resolves_fractions_and_orders_events_on_one_step() -> None:
+    schedule = PruneSchedule(
+        [PruneEvent("count", 0.5, 3), PruneEvent("mass", 0.5, 0.9), PruneEvent("sample", 0.2, 0.8)], run_length=40
+    )
+    assert schedule.steps() == [8, 20, 20] and schedule.first_step() == 8
+    assert [e.kind for e in schedule.due(20)] == ["mass", "count"] and schedule.due(19) == []
+    with pytest.raises(ValueError, match="run fraction in \\[0, 1\\]"):
+        PruneSchedule([PruneEvent("share", 1.2, 0.5)])
+
+
+def test_prune_schedule_applies_due_events_to_params_adam_and_state() -> None:
+    params, optimizers = _params_and_adam(10)
+    importance = torch.arange(10, dtype=torch.float32)  # Gaussian i scores i
+    state = {"grad2d": torch.arange(10.0), "scene_scale": 1.0}
+    means = params["means"].detach().clone()
+    moments = optimizers["means"].state[params["means"]]["exp_avg"].clone()
+    calls = []
+
+    def scores():
+        calls.append(len(params["means"]))
+        return importance[: len(params["means"])] if len(calls) == 1 else torch.arange(len(params["means"])) + 1.0, None
+
+    schedule = PruneSchedule([PruneEvent("share", 0.5, 0.3), PruneEvent("count", 0.5, 4)], run_length=10)
+    assert schedule.step_post_backward(params, optimizers, state, 4, scores) == [] and not calls
+    results = schedule.step_post_backward(params, optimizers, state, 5, scores)
+    assert [(r.event.kind, r.before, r.after) for r in results] == [("share", 10, 7), ("count", 7, 4)]
+    assert calls == [10, 7]  # scores recomputed before each event
+    kept = torch.tensor([6, 7, 8, 9])  # share removes 0..2; the count keeps the 4 highest of the 7 left (3..9)
+    assert torch.equal(params["means"].detach(), means[kept])
+    assert torch.equal(optimizers["means"].state[params["means"]]["exp_avg"], moments[kept])
+    assert torch.equal(state["grad2d"], kept.float()) and state["scene_scale"] == 1.0
+    assert "kept 4 of 7 Gaussians" in results[1].describe()
+
+
+def test_top_filter_drops_gaussians_that_never_win_a_pixel() -> None:
+    importance = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    tops = torch.tensor([0, 3, 0, 1, 2])
+    plain = PruneSchedule([PruneEvent("count", 0.0, 3)])
+    filtered = PruneSchedule([PruneEvent("count", 0.0, 3)], top_filter=True)
+    assert plain.keep_mask(plain.events[0], importance).tolist() == [True, True, True, False, False]
+    assert filtered.keep_mask(filtered.events[0], importance, tops).tolist() == [False, True, False, True, True]
+    mass = PruneSchedule([PruneEvent("mass", 0.0, 0.99)], top_filter=True)
+    assert mass.keep_mask(mass.events[0], importance, tops).tolist() == [False, True, False, True, True]
+    with pytest.raises(ValueError, match="needs the top-contributor counts"):
+        filtered.keep_mask(filtered.events[0], importance)
+
+
+def test_top_count_mask_keeps_the_highest_and_never_a_zero() -> None:
+    scores = torch.tensor([0.5, 2.0, 0.0, 2.0, 1.0])
+    assert top_count_mask(scores, 2).tolist() == [False, True, False, True, False]
+    assert top_count_mask(scores, 5).tolist() == [True, True, False, True, True]
+    assert top_count_mask(scores, 0).sum() == 0

@@ -22,9 +22,9 @@ from distilled3dgs_ns.pruning import lowest_share_mask, mass_cut
 from distilled3dgs_ns.schedules import RunWindow
 from distilled3dgs_ns.significance import significance_scores
 from distilled3dgs_ns.student import TEACHER_TARGET, StudentModelConfig
-from distilled3dgs_ns.student_pipeline import StudentPipelineConfig, jitter_camera
+from distilled3dgs_ns.student_pipeline import StudentPipelineConfig, interpolate_camera, jitter_camera
 from distilled3dgs_ns.teacher import TeacherModelConfig
-from distilled3dgs_ns.teachers import Teacher, TeacherEnsemble, TeacherLoadError
+from distilled3dgs_ns.teachers import Teacher, TeacherEnsemble, TeacherLoadError, load_teacher
 
 SIZE = 24
 POSITIONS = ((2.0, 0.5, 1.0), (-1.5, 1.5, 1.2), (0.5, -2.0, 0.8))
@@ -343,11 +343,86 @@ def test_short_coadaptation_warns(monkeypatch: pytest.MonkeyPatch):
     assert "100 steps of co-adaptation" in capture.get() and "Warning" not in capture.get()
 
 
+def test_blur_split_splits_large_top_contributors_whatever_their_gradient():
+    settings = dict(
+        warmup_length=2,
+        refine_every=4,
+        densify_grad_thresh=1e9,
+        stop_screen_size_at=0,
+        prune_sample_at=None,
+        prune_mass_at=None,
+    )
+    counts = {}
+    for blur in (False, True):
+        model = _student(60, blur_split=blur, blur_split_area=0.01, **settings)
+        model.set_run_length(100)
+        model.train()
+        optimizers = _optimizers(model)
+        batch = {"image": torch.rand(SIZE, SIZE, 3)}
+        for step in range(9):  # refinement at 8 (after the step-0 reset's pause of 1 view + 4 steps)
+            _train_step(model, optimizers, step, batch)
+            if step == 7 and blur:
+                expected = int(model.strategy_state["blur"].sum())
+                tops = model._top_contributions_in(CAMERA)
+        counts[blur] = model.num_points
+    assert counts[False] <= 60  # no gradient reaches the threshold: nothing grows without blur split
+    assert expected > 0 and (tops > 0.01 * SIZE * SIZE).sum() <= expected  # this view's winners are in the mask
+    assert counts[True] >= 60 + expected - (60 - counts[False]) - 5  # each flagged one became two (minus culls)
+    assert counts[True] > counts[False]
+
+
+def test_student_opacity_reset_is_optional():
+    for reset in (True, False):
+        model = _student(50, reset_opacity=reset, refine_every=2, reset_alpha_every=2, warmup_length=1)
+        model.set_run_length(100)
+        model.train()
+        optimizers = _optimizers(model)
+        with torch.no_grad():
+            model.gauss_params["opacities"].fill_(2.0)  # sigmoid 0.88
+        _train_step(model, optimizers, 4, {"image": torch.rand(SIZE, SIZE, 3)})  # a reset step (every 2 * 2)
+        assert (torch.sigmoid(model.opacities).max() < 0.5) == reset
+
+
+def test_fresh_optimizer_after_every_prune_when_asked():
+    for fresh in (False, True):
+        model = _student_with_unseen_half()
+        model.config.prune_fresh_optimizer = fresh
+        model.config.prune_reinitialize = False
+        optimizers = _optimizers(model)
+        batch = {"image": torch.rand(SIZE, SIZE, 3)}
+        for step in range(16):  # prunes at 10 and 15
+            _train_step(model, optimizers, step, batch)
+        states = [optimizers.optimizers[n].state.get(p) for n, p in model.gauss_params.items()]
+        assert all((state is None) == fresh for state in states)
+
+
 def test_prune_settings_are_checked_up_front():
     with pytest.raises(ValueError, match="prune_share_at"):
         StudentModelConfig(prune_share_at=1.5)
     with pytest.raises(ValueError, match="prune_share must"):
         StudentModelConfig(prune_share=-0.1)
+    with pytest.raises(ValueError, match="prune_count_at needs a positive prune_count"):
+        StudentModelConfig(prune_count_at=0.0)
+
+
+def test_interpolated_camera_lies_between_its_ends():
+    first, second = look_at_camera(POSITIONS[0], size=SIZE), look_at_camera(POSITIONS[1], size=SIZE)
+    for t, expected in ((0.0, first), (1.0, second)):
+        moved = interpolate_camera(first, second, t)
+        torch.testing.assert_close(moved.camera_to_worlds, expected.camera_to_worlds, atol=1e-5, rtol=0)
+    middle = interpolate_camera(first, second, 0.5).camera_to_worlds[0]
+    a, b = first.camera_to_worlds[0], second.camera_to_worlds[0]
+    torch.testing.assert_close(middle[:, 3], (a[:, 3] + b[:, 3]) / 2)
+    rotation = middle[:, :3]
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(3), atol=1e-5, rtol=0)
+
+    # half way in angle: the middle's rotation is as far from either end
+    def angle(x, y):
+        return torch.arccos((((x.T @ y).trace() - 1) / 2).clamp(-1, 1))
+
+    assert angle(a[:, :3], rotation) == pytest.approx(angle(rotation, b[:, :3]).item(), abs=1e-4)
+    assert angle(a[:, :3], rotation) > 0.1
+    assert interpolate_camera(first, second, 0.5).fx == first.fx
 
 
 # ------------------------------------------------------------------------------------------------ pseudo views
@@ -378,9 +453,8 @@ def teacher_config(tmp_path_factory) -> Path:
 
 
 def _pipeline(scene: Path, teachers: list[Path], test_mode: str = "val", model: dict | None = None, **overrides):
-    model_config = StudentModelConfig(
-        random_init=True, num_random=200, random_scale=1.0, num_downscales=0, sh_degree=1, **(model or {})
-    )
+    settings = dict(random_init=True, num_random=200, random_scale=1.0, num_downscales=0, sh_degree=1)
+    model_config = StudentModelConfig(**{**settings, **(model or {})})
     config = StudentPipelineConfig(
         datamanager=FullImageDatamanagerConfig(dataparser=BlenderDataParserConfig(data=scene)),
         model=model_config,
@@ -429,6 +503,39 @@ def test_pseudo_views_are_supervised_by_the_blend_alone(small_scene, teacher_con
     assert TEACHER_TARGET not in batches[0] and "kd_loss" not in losses
     assert batches[0]["image"].shape == (SIZE, SIZE, 4)  # the blend stands in for the ground truth
     assert not pipeline.targets  # jittered views are never cached
+
+
+def test_interpolated_pseudo_views_lie_between_training_cameras(small_scene, teacher_config):
+    pipeline = _pipeline(
+        small_scene, [teacher_config], teacher_min_psnr=0.0, pseudo_view_rate=1.0, pseudo_view_mode="interpolate"
+    )
+    positions = pipeline.train_cameras().camera_to_worlds[:, :3, 3]
+    camera, _ = pipeline.training_view(0)
+    for _ in range(5):
+        moved = pipeline.pseudo_camera(camera).camera_to_worlds[0, :3, 3]
+        distances = (positions - moved).norm(dim=-1)
+        assert distances.min() > 1e-3  # not a training pose
+        assert distances[0] < (positions[0] - positions[1:]).norm(dim=-1).max()  # near its own camera
+    batches = _capture_batches(pipeline)
+    _pipeline_step(pipeline, 0)
+    assert batches[0]["image"].shape == (SIZE, SIZE, 4) and TEACHER_TARGET not in batches[0]
+
+
+def test_student_can_start_from_a_trained_splat(small_scene, teacher_config, tmp_path):
+    pipeline = _pipeline(
+        small_scene, [], init_from=teacher_config, model={"kd_weight": 0.0, "structure_weight": 0.0, "sh_degree": 3}
+    )
+    source = load_teacher(teacher_config, "cpu").model
+    assert pipeline.model.num_points == source.num_points == 200
+    for name in ("means", "scales", "quats", "opacities", "features_dc", "features_rest"):
+        assert torch.equal(pipeline.model.gauss_params[name], source.gauss_params[name])
+    losses = _pipeline_step(pipeline, 0)  # and it trains
+    assert math.isfinite(losses["main_loss"].item())
+    with pytest.raises(TeacherLoadError, match="SH coefficients"):  # the default fixture student has SH degree 1
+        _pipeline(small_scene, [], init_from=teacher_config, model={"kd_weight": 0.0, "structure_weight": 0.0})
+    with pytest.raises(TeacherLoadError, match="file not found"):
+        _pipeline(small_scene, [], init_from=tmp_path / "nope.yml", model={"kd_weight": 0.0, "structure_weight": 0.0})
+    assert _pipeline(small_scene, [], init_from=tmp_path / "nope.yml", test_mode="test").model.num_points == 200
 
 
 def test_pipeline_checks_teachers_before_training(small_scene, teacher_config):
