@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from gsplat.strategy import DefaultStrategy
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct
@@ -30,6 +29,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from distilled3dgs_ns.lpips_metric import OptionalLPIPS
 from distilled3dgs_ns.rasterization import rasterization
+from distilled3dgs_ns.strategy import CappedStrategy
 
 GAUSSIAN_PARAM_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 VISER_BACKGROUND = (0.1490, 0.1647, 0.2157)
@@ -58,6 +58,8 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
     rasterizer: Literal["auto", "torch"] = "auto"
     """auto: gsplat's CUDA kernels for CUDA tensors, the pure-PyTorch rasteriser on any other device;
     torch: the pure-PyTorch rasteriser everywhere (for comparisons and debugging)."""
+    max_gaussians: int | None = None
+    """Cap on the count during densification (None: splatfacto's uncapped growth); for same-budget comparisons."""
 
 
 class PortableSplatfactoModel(SplatfactoModel):
@@ -119,10 +121,11 @@ class PortableSplatfactoModel(SplatfactoModel):
         dc = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
         return dc, rest
 
-    def _make_strategy(self) -> DefaultStrategy:
-        """Splatfacto's densification strategy; subclasses may change it (e.g. cap the count)."""
+    def _make_strategy(self) -> CappedStrategy:
+        """Splatfacto's densification strategy (gsplat's DefaultStrategy), capped at ``max_gaussians``."""
         cfg = self.config
-        return DefaultStrategy(
+        return CappedStrategy(
+            max_gaussians=cfg.max_gaussians,
             prune_opa=cfg.cull_alpha_thresh,
             grow_grad2d=cfg.densify_grad_thresh,
             grow_scale3d=cfg.densify_size_thresh,

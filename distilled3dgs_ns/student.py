@@ -18,12 +18,10 @@ repeats one (the checkpoint already holds the pruned set).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import duplicate, split
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.utils import writer
@@ -48,6 +46,7 @@ from distilled3dgs_ns.pruning import (
 from distilled3dgs_ns.rasterization import hit_counts, rasterization
 from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, RunWindow, paper_fraction, run_length_of, to_step
 from distilled3dgs_ns.significance import significance_scores, training_hit_counts
+from distilled3dgs_ns.strategy import BLUR_KEY, NO_RESET, CappedStrategy
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, composite
 
@@ -59,74 +58,6 @@ MIN_COADAPTATION = paper_fraction(1_000)
 """Co-adaptation after the last prune shorter than this share of the run (1000 of 30k steps; LightGaussian trains
 5000 after its prune) leaves the survivors little time to make up for the pruned Gaussians: warn."""
 PruneScore = Literal["blending-weight", "global-significance"]
-
-
-BLUR_KEY = "top_contributions"
-"""``info`` key of the step's per-Gaussian top-contributor pixel counts ``[N]`` (set by the model for blur split)."""
-NO_RESET = 1 << 40
-"""``reset_every`` that never comes: no opacity reset."""
-
-
-@dataclass
-class CappedStrategy(DefaultStrategy):
-    """gsplat's ``DefaultStrategy`` that never grows beyond ``max_gaussians`` (gsplat 1.4 has no cap), with
-    Mini-Splatting's blur split as an option.
-
-    When more Gaussians qualify than the budget allows, the ones with the largest view-space gradient grow; the
-    official code instead skips densification altogether once the count reaches its maximum. With
-    ``blur_split_area``, a Gaussian that was the top contributor of more than that share of a view's pixels (the
-    step's ``info[BLUR_KEY]``) since the last refinement is split at the next one, whatever its gradient.
-    """
-
-    max_gaussians: int | None = None
-    blur_split_area: float | None = None
-
-    def step_post_backward(self, params, optimizers, state, step, info, packed=False) -> None:
-        if self.blur_split_area is not None and step < self.refine_stop_iter and BLUR_KEY in info:
-            n = len(params["means"])
-            if not isinstance(state.get("blur"), Tensor) or state["blur"].shape != (n,):
-                state["blur"] = torch.zeros(n, dtype=torch.bool, device=params["means"].device)
-            state["blur"] |= (
-                info[BLUR_KEY].to(state["blur"].device) > self.blur_split_area * info["width"] * info["height"]
-            )
-        super().step_post_backward(params, optimizers, state, step, info, packed)
-
-    @torch.no_grad()
-    def _grow_gs(
-        self,
-        params: dict[str, torch.nn.Parameter] | torch.nn.ParameterDict,
-        optimizers: dict[str, torch.optim.Optimizer],
-        state: dict[str, Any],
-        step: int,
-    ) -> tuple[int, int]:
-        grads = state["grad2d"] / state["count"].clamp_min(1)
-        is_small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
-        is_split = (grads > self.grow_grad2d) & ~is_small
-        if step < self.refine_scale2d_stop_iter:
-            is_split |= state["radii"] > self.grow_scale2d
-        blur = state.get("blur")
-        if isinstance(blur, Tensor) and blur.shape == is_split.shape:
-            is_split |= blur
-        is_dupli = (grads > self.grow_grad2d) & is_small
-        candidates = is_dupli | is_split
-        budget = len(params["means"]) if self.max_gaussians is None else self.max_gaussians - len(params["means"])
-        budget = max(budget, 0)  # each duplicate or split adds one Gaussian
-        if int(candidates.sum()) > budget:
-            allowed = torch.zeros_like(candidates)
-            allowed[torch.where(candidates, grads, -math.inf).topk(budget).indices] = True
-            is_dupli &= allowed
-            is_split &= allowed
-        n_dupli, n_split = int(is_dupli.sum()), int(is_split.sum())
-        if n_dupli > 0:
-            duplicate(params=params, optimizers=optimizers, state=state, mask=is_dupli)
-        if n_split > 0:
-            is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
-            split(
-                params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity
-            )
-        if "blur" in state:
-            state["blur"] = torch.zeros(len(params["means"]), dtype=torch.bool, device=params["means"].device)
-        return n_dupli, n_split
 
 
 @dataclass
@@ -251,12 +182,12 @@ class StudentModel(PortableSplatfactoModel):
         self.set_run_length(self.run_length)
 
     def _make_strategy(self) -> CappedStrategy:
-        base = super()._make_strategy()
-        values = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
+        strategy = super()._make_strategy()
         if not self.config.reset_opacity:
-            values["reset_every"] = NO_RESET
-        blur = self.config.blur_split_area if self.config.blur_split else None
-        return CappedStrategy(**values, max_gaussians=self.config.max_gaussians, blur_split_area=blur)
+            strategy.reset_every = NO_RESET
+        if self.config.blur_split:
+            strategy.blur_split_area = self.config.blur_split_area
+        return strategy
 
     # ------------------------------------------------------------------------------------------- wiring
 
