@@ -1,8 +1,16 @@
 """``distilled3dgs-run``: teachers, student, evaluation, export and report in one resumable command.
 
-Stages, in order (each one's record in ``<output-dir>/stages/`` marks it finished)::
+Stages, in order (each one's record in ``<output-dir>/stages/`` marks it finished; ``Run.stage_inputs`` is the
+graph)::
 
-    scene (embedded scene only) -> teacher-<variant> ... -> student -> eval-<model> ... -> report
+    scene (embedded scene only) -> teacher-<variant> ... -> student [-> baseline-* (--baselines)]
+        -> eval-<model> ... -> report
+
+The baselines train at the student's final Gaussian count with its step count, so the report says whether
+distillation beats the obvious same-budget alternatives: the student's schedule without teachers
+(``baseline-no-kd``), the standard teacher pruned by global significance then fine-tuned (``baseline-pruned-teacher``,
+LightGaussian's prune and co-adaptation) and a splatfacto trained from scratch with a capped count
+(``baseline-capped``).
 
 Training stages are ``ns-train`` subprocesses, so a crash (or Ctrl-C) in one loses at most the steps since its last
 checkpoint: re-running the same command skips finished stages, says so, and resumes an unfinished training from its
@@ -12,6 +20,8 @@ Evaluation runs in this process: test-split metrics, render time, PLY export and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -43,6 +53,15 @@ STEP_PATTERN = re.compile(r"^\s*(\d+)\s+\(\s*\d+(?:\.\d+)?%\)", re.MULTILINE)
 """ns-train's progress lines start with ``<step> (<percent>%)``."""
 TIME_NOTE_EVERY_S = 10.0
 """How often a running training's wall time is saved (what a killed attempt can lose from the training time)."""
+BASELINES = ("baseline-no-kd", "baseline-pruned-teacher", "baseline-capped")
+"""Same-budget alternatives to the student (``--baselines``), as named in the report."""
+NO_DISTILLATION = [
+    "--pipeline.model.kd-weight", "0",
+    "--pipeline.model.kd-weight-final", "0",
+    "--pipeline.model.structure-weight", "0",
+    "--pipeline.pseudo-view-rate", "0",
+]  # fmt: skip
+"""Student options that switch every teacher term off (then no teachers are loaded)."""
 
 
 @dataclass
@@ -142,6 +161,10 @@ class RunConfig:
     """Timed renders per test view for the render time (median)."""
     compact: bool = True
     """Also write and evaluate the student's compact file (LightGaussian-style quantisation)."""
+    baselines: bool = False
+    """Also train and evaluate, at the student's final Gaussian count and step count, baseline-no-kd (the student's
+    schedule without teachers), baseline-pruned-teacher (the standard teacher pruned by global significance, then
+    fine-tuned) and baseline-capped (splatfacto from scratch, densification capped at that count)."""
     redo: tuple[str, ...] = ()
     """Stages to run again although finished (and the stages that depend on them), e.g. --redo student."""
 
@@ -217,6 +240,29 @@ def ns_train_command(
     if resume_step is not None:
         command += ["--load-dir", str(training.folder(runs) / "nerfstudio_models")]
     return [*command, *training.options, config.dataparser, *shlex.split(config.dataparser_args)]
+
+
+def check_options(training: Training, config: RunConfig, data: Path, runs: Path) -> None:
+    """Parse ``training``'s ns-train command line now, as ns-train will, so that a typo in a preset or in
+    --model-args / --teacher-args / --student-args fails in seconds instead of when its stage starts."""
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(messages):
+            tyro.cli(AnnotatedBaseConfigUnion, args=ns_train_command(training, config, data, runs, None)[1:])
+    except SystemExit as error:
+        lines = []
+        for line in (line.strip(" │╭╮╰╯─") for line in messages.getvalue().splitlines()[1:]):  # [0]: box title
+            if line.startswith("For full helptext"):
+                break
+            if line.strip("-") and not line.startswith("usage"):
+                lines.append(line)
+        reason = " ".join(lines)[:300]
+        raise RunSetupError(
+            f"{training.stage}: ns-train would refuse its options ({reason or f'exit {error.code}'}). Fix the "
+            "option in the preset or in --model-args / --teacher-args / --student-args; nothing was trained."
+        ) from None
 
 
 class StageFailed(RuntimeError):
@@ -373,7 +419,8 @@ class Run:
             for variant in cfg.variants
         ]
 
-    def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:
+    def student_options(self, teacher_count: int) -> list[str]:
+        """The student's schedule and recipe, without its teachers (shared with baseline-no-kd)."""
         cfg = self.config
         options = [
             *cfg.schedule.options(cfg.student_steps),
@@ -382,16 +429,78 @@ class Run:
         ]  # fmt: skip
         if cfg.student_cap_share is not None:
             options += ["--pipeline.model.max-gaussians", str(max(1, round(cfg.student_cap_share * teacher_count)))]
-        options += ["--pipeline.teachers", *map(str, teacher_configs)]
-        options += [*shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
-        return Training(stage="student", method=STUDENT_METHOD, steps=cfg.student_steps, options=options)
+        return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
+
+    def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:
+        options = ["--pipeline.teachers", *map(str, teacher_configs), *self.student_options(teacher_count)]
+        return Training(stage="student", method=STUDENT_METHOD, steps=self.config.student_steps, options=options)
+
+    def baseline_trainings(self, standard_config: Path, teacher_count: int, student: StudentResult) -> list[Training]:
+        """The same-budget baselines at the student's final count ``student.count`` and its step count."""
+        cfg = self.config
+        count = str(student.count)
+        # The student's own prunes, ending at its final count: its count cut retargeted, or one added where its
+        # last prune was.
+        no_kd = [*self.student_options(teacher_count), *NO_DISTILLATION, "--pipeline.model.prune-count", count]
+        if not student.has_count_cut:
+            no_kd += ["--pipeline.model.prune-count-at", str(student.last_prune_at)]
+        pruned_teacher = [
+            *cfg.schedule.options(cfg.student_steps),
+            *shlex.split(cfg.model_args),
+            *NO_DISTILLATION,
+            "--pipeline.init-from", str(standard_config),
+            "--pipeline.model.sh-degree-interval", "1",  # the teacher's SH bands are trained already
+            "--pipeline.model.prune-score", "global-significance",
+            "--pipeline.model.prune-sample-at", "None",
+            "--pipeline.model.prune-share-at", "None",
+            "--pipeline.model.prune-mass-at", "None",
+            "--pipeline.model.prune-count-at", "0",
+            "--pipeline.model.prune-count", count,
+            "--pipeline.model.prune-count-stages", "1",
+        ]  # fmt: skip
+        capped = [
+            *cfg.schedule.options(cfg.student_steps),
+            "--pipeline.model.variant", "standard",
+            *shlex.split(cfg.model_args),
+            *shlex.split(cfg.teacher_args),
+            "--pipeline.model.max-gaussians", count,
+        ]  # fmt: skip
+        steps = cfg.student_steps
+        return [
+            Training(stage="baseline-no-kd", method=STUDENT_METHOD, steps=steps, options=no_kd),
+            Training(stage="baseline-pruned-teacher", method=STUDENT_METHOD, steps=steps, options=pruned_teacher),
+            Training(stage="baseline-capped", method=TEACHER_METHOD, steps=steps, options=capped),
+        ]
+
+    def teacher_stages(self) -> list[str]:
+        return [f"teacher-{variant}" for variant in self.config.variants]
+
+    def standard_stage(self) -> str:
+        """The teacher the geometry loss and the pruned-teacher baseline follow."""
+        return "teacher-standard" if "standard" in self.config.variants else self.teacher_stages()[0]
+
+    def model_stages(self) -> list[str]:
+        """The trainings that are evaluated and reported, in report order."""
+        return [*self.teacher_stages(), "student", *(BASELINES if self.config.baselines else ())]
+
+    def stage_inputs(self) -> dict[str, list[str]]:
+        """Every stage and the stages whose results it consumes: the one description of the run's graph."""
+        teachers = self.teacher_stages()
+        graph: dict[str, list[str]] = {"scene": [], **{name: ["scene"] for name in teachers}}
+        graph["student"] = ["scene", *teachers]
+        for name in BASELINES if self.config.baselines else ():
+            graph[name] = ["scene", "student", self.standard_stage()]
+        for name in self.model_stages():
+            graph[f"eval-{name}"] = [name]
+        graph["report"] = [f"eval-{name}" for name in self.model_stages()]
+        return graph
 
     def dependents(self) -> dict[str, list[str]]:
         """Stage -> stages that consume its result (for --redo)."""
-        teachers = [f"teacher-{v}" for v in self.config.variants]
-        graph: dict[str, list[str]] = {"scene": [*teachers, "student"], "student": ["eval-student"]}
-        for name in teachers:
-            graph[name] = ["student", f"eval-{name}"]
+        graph: dict[str, list[str]] = {}
+        for stage, inputs in self.stage_inputs().items():
+            for name in inputs:
+                graph.setdefault(name, []).append(stage)
         return graph
 
     def forget(self, names: Sequence[str]) -> None:
@@ -405,6 +514,16 @@ class Run:
             if self.book.forget(name):
                 self.log(f"--redo: stage '{name}' will run again")
             pending += graph.get(name, [])
+
+    def check_all_options(self, data: Path) -> None:
+        """Every training's command line parses (the baselines' with a stand-in count) before anything trains."""
+        standard = self.runs / self.standard_stage() / TEACHER_METHOD / TIMESTAMP / "config.yml"
+        teachers = [self.runs / name / TEACHER_METHOD / TIMESTAMP / "config.yml" for name in self.teacher_stages()]
+        trainings = [*self.teacher_trainings(), self.student_training(teachers, 1)]
+        if self.config.baselines:
+            trainings += self.baseline_trainings(standard, 1, StudentResult(1, 0.5, False))
+        for training in trainings:
+            check_options(training, self.config, data, self.runs)
 
     # -- stages
 
@@ -542,24 +661,54 @@ class Run:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        teachers = self.train_stages(self.teacher_trainings(), data, gpus)
-        teacher_configs = [Path(teachers[f"teacher-{v}"]["config"]) for v in cfg.variants]
-        standard = "teacher-standard" if "standard" in cfg.variants else f"teacher-{cfg.variants[0]}"
-        teacher_count = teacher_gaussian_count(teachers[standard])
-        student = self.train_stages([self.student_training(teacher_configs, teacher_count)], data, gpus[:1])
-        evaluations = {name: self.stage_eval(name, record, student=False) for name, record in teachers.items()}
-        evaluations["student"] = self.stage_eval("student", student["student"], student=True)
+        self.check_all_options(data)
+        trained = self.train_stages(self.teacher_trainings(), data, gpus)
+        teacher_configs = [Path(trained[name]["config"]) for name in self.teacher_stages()]
+        standard = trained[self.standard_stage()]
+        teacher_count = gaussian_count(standard)
+        trained |= self.train_stages([self.student_training(teacher_configs, teacher_count)], data, gpus[:1])
+        if cfg.baselines:
+            student = StudentResult.of(trained["student"], cfg.student_steps)
+            baselines = self.baseline_trainings(Path(standard["config"]), teacher_count, student)
+            trained |= self.train_stages(baselines, data, gpus)
+        evaluations = {
+            name: self.stage_eval(name, trained[name], student=name == "student") for name in self.model_stages()
+        }
         return write_report(self.output_dir, cfg, evaluations, device=device_type_of(cfg))
 
 
-def teacher_gaussian_count(record: dict[str, Any]) -> int:
-    """Gaussian count of a finished training, read from its final checkpoint."""
+def gaussian_count(record: dict[str, Any]) -> int:
+    """Gaussian count of a finished training, read from its newest checkpoint."""
     import torch
 
-    folder = Path(record["config"]).parent / "nerfstudio_models"
-    latest = max(folder.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    from distilled3dgs_ns.teachers import newest_checkpoint
+
+    latest = newest_checkpoint(Path(record["config"]).parent / "nerfstudio_models")
+    if latest is None:
+        raise RunSetupError(f"{record['stage']}: no checkpoint beside {record['config']}; --redo {record['stage']}")
     state = torch.load(latest, map_location="cpu", weights_only=True)
     return int(state["pipeline"]["_model.gauss_params.means"].shape[0])
+
+
+@dataclass(frozen=True)
+class StudentResult:
+    """What the baselines need of a trained student: its final count and when its prunes ended."""
+
+    count: int
+    last_prune_at: float
+    """Fraction of the run of the student's last prune (0 without prunes)."""
+    has_count_cut: bool
+
+    @staticmethod
+    def of(record: dict[str, Any], steps: int) -> StudentResult:
+        import yaml
+
+        from distilled3dgs_ns.student import prune_schedule_of
+
+        model = yaml.load(Path(record["config"]).read_text(), Loader=yaml.Loader).pipeline.model
+        schedule = prune_schedule_of(model, steps)
+        last = schedule.events[-1].at if schedule.events else 0.0
+        return StudentResult(gaussian_count(record), last, model.prune_count_at is not None)
 
 
 def save_views(folder: Path, ground_truth: list, renders: list) -> None:

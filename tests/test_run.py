@@ -16,7 +16,16 @@ from helpers import REPO_ROOT
 
 from distilled3dgs_ns import run as run_module
 from distilled3dgs_ns.presets import PresetError, available_presets, load_preset
-from distilled3dgs_ns.run import Run, RunConfig, SplatfactoSchedule, Training, ns_train_command, parse_config
+from distilled3dgs_ns.run import (
+    BASELINES,
+    Run,
+    RunConfig,
+    SplatfactoSchedule,
+    StudentResult,
+    Training,
+    ns_train_command,
+    parse_config,
+)
 from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -99,6 +108,69 @@ def test_redo_forgets_the_stage_and_what_depends_on_it(tmp_path):
     assert run.book.get("teacher-perturbed") is not None  # an independent stage is kept
     for name in ("teacher-standard", "student", "eval-teacher-standard", "eval-student"):
         assert run.book.get(name) is None
+
+
+def test_baselines_join_the_graph_and_follow_the_student(tmp_path):
+    run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out", baselines=True), log=lambda _: None)
+    graph = run.stage_inputs()
+    assert graph["baseline-pruned-teacher"] == ["scene", "student", "teacher-standard"]
+    assert graph["report"][-3:] == [f"eval-{name}" for name in BASELINES]
+    for name in ("student", *BASELINES, *(f"eval-{b}" for b in BASELINES)):
+        run.book.finish(name, "k")
+    run.forget(["student"])
+    assert all(run.book.get(name) is None for name in BASELINES)
+    plain = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "plain"), log=lambda _: None)
+    assert not any(name.startswith("baseline") for name in plain.stage_inputs())
+
+
+def _parse(training: Training, config: RunConfig, tmp_path: Path):
+    """The TrainerConfig ns-train would build from ``training``'s command line."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    return tyro.cli(AnnotatedBaseConfigUnion, args=ns_train_command(training, config, tmp_path, tmp_path, None)[1:])
+
+
+def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
+    config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
+    run = Run(config, log=lambda _: None)
+    standard = tmp_path / "teacher" / "config.yml"
+    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.6, False))}
+    assert set(trainings) == set(BASELINES)
+    assert {t.steps for t in trainings.values()} == {config.student_steps}
+    no_kd = _parse(trainings["baseline-no-kd"], config, tmp_path).pipeline
+    assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from is None
+    assert (no_kd.model.kd_weight, no_kd.model.structure_weight) == (0, 0)
+    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.6)
+    student = _parse(run.student_training([standard], 10_000), config, tmp_path).pipeline.model
+    assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own schedule
+    pruned = _parse(trainings["baseline-pruned-teacher"], config, tmp_path).pipeline
+    assert pruned.init_from == standard and pruned.teachers == []
+    assert (pruned.model.prune_count_at, pruned.model.prune_count, pruned.model.prune_score) == (
+        0.0,
+        1234,
+        "global-significance",
+    )
+    assert pruned.model.prune_sample_at is None and pruned.model.prune_mass_at is None
+    capped = _parse(trainings["baseline-capped"], config, tmp_path)
+    assert capped.method_name == "distilled3dgs-teacher" and capped.pipeline.model.variant == "standard"
+    assert capped.pipeline.model.max_gaussians == 1234
+    # a student with its own count cut keeps its schedule, retargeted to the final count
+    staged = run.baseline_trainings(standard, 10_000, StudentResult(999, 0.3, True))[0]
+    assert "--pipeline.model.prune-count-at" not in staged.options and "999" in staged.options
+
+
+def test_a_bad_option_fails_before_any_training(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(run_module, "run_training", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(Run, "check_data", lambda self, data: None)
+    for args in (["--student-args=--pipeline.model.kd-wieght 0.5"], ["--teacher-args=--pipeline.model.variant x"]):
+        config = parse_config(["--data", str(tmp_path), "--output-dir", str(tmp_path / "out"), *args])
+        with pytest.raises(RunSetupError, match="ns-train would refuse its options .*nothing was trained"):
+            Run(config, log=lambda _: None)()
+    config = parse_config(["--data", str(tmp_path), "--output-dir", str(tmp_path / "b"), "--baselines"])
+    Run(config, log=lambda _: None).check_all_options(tmp_path)  # the baselines' commands parse too
+    assert not started
 
 
 # --------------------------------------------------------------------------------------------------- input checks
