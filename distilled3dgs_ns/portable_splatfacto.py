@@ -182,6 +182,28 @@ class PortableSplatfactoModel(SplatfactoModel):
         """``backend`` argument of ``rasterization()`` for this model's ``rasterizer`` setting."""
         return "torch" if self.config.rasterizer == "torch" else "auto"
 
+    def frozen_geometry(self, camera: Cameras, downscale: float = 1.0) -> dict:
+        """``rasterization()`` / ``hit_counts()`` geometry arguments of the detached, activated Gaussians for one
+        camera at ``1 / downscale`` of its resolution: the one place analysis passes (importance, hit counts, top
+        contributors) turn the model and a camera into render arguments."""
+        camera.rescale_output_resolution(1 / downscale)
+        try:
+            intrinsics = camera.get_intrinsics_matrices().to(self.device)
+            width, height = int(camera.width.item()), int(camera.height.item())
+        finally:
+            camera.rescale_output_resolution(downscale)
+        return dict(
+            means=self.means.detach(),
+            quats=self.quats.detach(),
+            scales=torch.exp(self.scales.detach()),
+            opacities=torch.sigmoid(self.opacities.detach()).squeeze(-1),
+            viewmats=world_to_camera(camera.camera_to_worlds.to(self.device)),
+            Ks=intrinsics,
+            width=width,
+            height=height,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+
     def _render_opacities(self, opacities: torch.Tensor) -> torch.Tensor:
         """Hook for render-time opacity changes (e.g. Gaussian dropout); activated opacities ``[N]`` in and out."""
         return opacities

@@ -135,6 +135,11 @@ class RunConfig:
     """Re-initialise the student after the sampling prune (paper); short runs do better without."""
     student_cap_share: float | None = None
     """Cap the student's densification at this share of the standard teacher's final count (None: the model's cap)."""
+    student_budget_share: float | None = None
+    """The student ends with this share of the standard teacher's final count: a cut to the highest-scoring ones at
+    --student-budget-at (None: wherever its other prunes leave it)."""
+    student_budget_at: float = paper_fraction(20_000)
+    """Fraction of the run of the budget cut (the paper's last prune: 20k of 30k)."""
     model_args: str = ""
     """ns-train options for every training (teachers and student), one string placed after the generated options so
     they win: --model-args="--pipeline.model.sh-degree 2". Replaces the preset's string (see configs/<preset>.yaml)."""
@@ -175,6 +180,10 @@ class RunConfig:
             raise RunSetupError("--variants needs at least one teacher")
         if self.jobs < 1:
             raise RunSetupError("--jobs must be at least 1")
+        if self.student_budget_share is not None and not 0 < self.student_budget_share <= 1:
+            raise RunSetupError(f"--student-budget-share is a share in (0, 1], got {self.student_budget_share}")
+        if not 0 <= self.student_budget_at <= 1:
+            raise RunSetupError(f"--student-budget-at is a fraction of the run in [0, 1], got {self.student_budget_at}")
         if len(set(self.variants)) != len(self.variants):
             raise RunSetupError(f"--variants lists a variant twice: {' '.join(self.variants)}")
 
@@ -429,6 +438,14 @@ class Run:
         ]  # fmt: skip
         if cfg.student_cap_share is not None:
             options += ["--pipeline.model.max-gaussians", str(max(1, round(cfg.student_cap_share * teacher_count)))]
+        if cfg.student_budget_share is not None:
+            budget = str(max(1, round(cfg.student_budget_share * teacher_count)))
+            options += [
+                "--pipeline.model.prune-count",
+                budget,
+                "--pipeline.model.prune-count-at",
+                str(cfg.student_budget_at),
+            ]
         return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
 
     def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:

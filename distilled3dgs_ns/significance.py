@@ -14,7 +14,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
-from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, world_to_camera
+from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.pruning import global_significance
 from distilled3dgs_ns.rasterization import hit_counts
 
@@ -32,26 +32,10 @@ def training_hit_counts(
     Rendered as the model renders (activated opacities and scales, its ``rasterize_mode``); ``progress(k)`` is
     called after the k-th view.
     """
-    device = model.means.device
-    means, quats = model.means.detach(), model.quats.detach()
-    scales = torch.exp(model.scales.detach())
-    opacities = torch.sigmoid(model.opacities.detach()).squeeze(-1)
-    hits = torch.zeros(model.num_points, dtype=torch.int64, device=device)
+    hits = torch.zeros(model.num_points, dtype=torch.int64, device=model.means.device)
     cameras = cameras.flatten()
     for k in range(len(cameras)):
-        camera = cameras[k : k + 1]
-        hits += hit_counts(
-            means,
-            quats,
-            scales,
-            opacities,
-            viewmats=world_to_camera(camera.camera_to_worlds.to(device)),
-            Ks=camera.get_intrinsics_matrices().to(device),
-            width=int(camera.width.item()),
-            height=int(camera.height.item()),
-            rasterize_mode=model.config.rasterize_mode,
-            top_contributor=top_contributor,
-        )[0]
+        hits += hit_counts(**model.frozen_geometry(cameras[k : k + 1]), top_contributor=top_contributor)[0]
         if progress is not None:
             progress(k + 1)
     return hits

@@ -33,7 +33,6 @@ from distilled3dgs_ns.portable_splatfacto import (
     GAUSSIAN_PARAM_NAMES,
     PortableSplatfactoModel,
     PortableSplatfactoModelConfig,
-    world_to_camera,
 )
 from distilled3dgs_ns.pruning import (
     PruneEvent,
@@ -353,21 +352,9 @@ class StudentModel(PortableSplatfactoModel):
 
     def _render_blending(self, colors: Tensor, camera: Cameras) -> Tensor:
         """Render per-Gaussian ``colors`` ``[N, C]`` at full resolution, no background, no parameter gradients."""
-        width, height = int(camera.width.item()), int(camera.height.item())
+        geometry = self.frozen_geometry(camera)
         render, _, _ = rasterization(
-            means=self.means.detach(),
-            quats=self.quats.detach(),
-            scales=torch.exp(self.scales.detach()),
-            opacities=torch.sigmoid(self.opacities.detach()).squeeze(-1),
-            colors=colors,
-            viewmats=world_to_camera(camera.camera_to_worlds.to(self.device)),
-            Ks=camera.get_intrinsics_matrices().to(self.device),
-            width=width,
-            height=height,
-            packed=False,
-            sh_degree=None,
-            rasterize_mode=self.config.rasterize_mode,
-            backend=self.rasterizer_backend,
+            **geometry, colors=colors, packed=False, sh_degree=None, backend=self.rasterizer_backend
         )
         return render
 
@@ -420,25 +407,7 @@ class StudentModel(PortableSplatfactoModel):
     @torch.no_grad()
     def _top_contributions_in(self, camera: Cameras) -> Tensor:
         """Per Gaussian, the pixels of ``camera`` (at the training resolution) where it is the top contributor."""
-        scale = self._get_downscale_factor()
-        camera.rescale_output_resolution(1 / scale)
-        try:
-            intrinsics = camera.get_intrinsics_matrices().to(self.device)
-            width, height = int(camera.width.item()), int(camera.height.item())
-        finally:
-            camera.rescale_output_resolution(scale)
-        return hit_counts(
-            self.means.detach(),
-            self.quats.detach(),
-            torch.exp(self.scales.detach()),
-            torch.sigmoid(self.opacities.detach()).squeeze(-1),
-            viewmats=world_to_camera(camera.camera_to_worlds.to(self.device)),
-            Ks=intrinsics,
-            width=width,
-            height=height,
-            rasterize_mode=self.config.rasterize_mode,
-            top_contributor=True,
-        )[0]
+        return hit_counts(**self.frozen_geometry(camera, self._get_downscale_factor()), top_contributor=True)[0]
 
     def teacher_outputs(self, camera: Cameras, background: Tensor) -> dict[str, Tensor]:
         """``teacher_<i>_<variant>`` and ``teacher_blend`` renders on the student's background."""
