@@ -62,7 +62,7 @@ def plot_psnr_vs_count(models: dict[str, dict[str, Any]], path: Path) -> Path:
     for index, (name, m) in enumerate(models.items()):
         if m["psnr"] is None:
             continue
-        marker = "o" if name.startswith("teacher") else "*"
+        marker = "o" if name.startswith("teacher") else "s" if name.startswith("baseline") else "*"
         axes.scatter(m["num_gaussians"], m["psnr"], marker=marker, s=80 if marker == "*" else 40)
         offset = (6, 10 - 9 * (index % 3))  # teachers share a count: stagger their labels vertically
         axes.annotate(name, (m["num_gaussians"], m["psnr"]), textcoords="offset points", xytext=offset, fontsize=8)
@@ -151,6 +151,14 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
             f"\nThe student keeps {100 * share:.1f}% of the standard teacher's Gaussians at "
             f"{student['psnr'] - teacher['psnr']:+.2f} dB."
         )
+    baselines = {name: m for name, m in models.items() if name.startswith("baseline") and m["psnr"] is not None}
+    if student and baselines:
+        lines += ["", "Same-budget baselines (student's PSNR minus the baseline's, at their counts):", ""]
+        lines += [
+            f"- {name}: {student['psnr'] - m['psnr']:+.2f} dB ({m['num_gaussians']} Gaussians, student "
+            f"{student['num_gaussians']})"
+            for name, m in baselines.items()
+        ]
     lines += ["", f"![PSNR against #Gaussians]({plot.name})", ""]
     if strip is not None:
         lines += [

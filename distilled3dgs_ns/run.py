@@ -137,7 +137,8 @@ class RunConfig:
     """Cap the student's densification at this share of the standard teacher's final count (None: the model's cap)."""
     student_budget_share: float | None = None
     """The student ends with this share of the standard teacher's final count: a cut to the highest-scoring ones at
-    --student-budget-at (None: wherever its other prunes leave it)."""
+    --student-budget-at, in place of the importance-mass cut, so the count never depends on where the student
+    started (None: the mass cut, wherever it leaves the count)."""
     student_budget_at: float = paper_fraction(20_000)
     """Fraction of the run of the budget cut (the paper's last prune: 20k of 30k)."""
     model_args: str = ""
@@ -441,11 +442,10 @@ class Run:
         if cfg.student_budget_share is not None:
             budget = str(max(1, round(cfg.student_budget_share * teacher_count)))
             options += [
-                "--pipeline.model.prune-count",
-                budget,
-                "--pipeline.model.prune-count-at",
-                str(cfg.student_budget_at),
-            ]
+                "--pipeline.model.prune-count", budget,
+                "--pipeline.model.prune-count-at", str(cfg.student_budget_at),
+                "--pipeline.model.prune-mass-at", "None",
+            ]  # fmt: skip
         return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
 
     def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:

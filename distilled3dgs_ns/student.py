@@ -2,10 +2,12 @@
 
 Per step the loss is ``(1 - kd) * L(student, GT) + kd * L(student, blend)`` with splatfacto's
 ``L = 0.8 * L1 + 0.2 * (1 - SSIM)``, plus, inside its window, the structure loss against the standard teacher's
-Gaussian centres. Densification is splatfacto's, capped at ``max_gaussians``, and stops at the first prune; then
-up to three prune events rank the Gaussians by one score over the training views (``prune_score``: accumulated
-blending weight, or LightGaussian's global significance): importance-proportional sampling, a lowest-share cut
-(LightGaussian's) and a cumulative-mass cut. What follows the last prune is co-adaptation: plain training without
+Gaussian centres. Densification is splatfacto's (optionally capped at ``max_gaussians``, without opacity resets,
+with Mini-Splatting's blur split) and stops at the first prune. The prune events are a ``PruneSchedule``
+(``pruning.py``) ranking the Gaussians by one score over the training views (``prune_score``: accumulated blending
+weight, or LightGaussian's global significance), optionally after Mini-Splatting's intersection-preserving filter:
+importance-proportional sampling, a lowest-share cut (LightGaussian's), a cumulative-mass cut and a count cut to a
+fixed budget, possibly in stages. What follows the last prune is co-adaptation: plain training without
 densification, so the survivors re-adapt to the missing ones (LightGaussian's 5000 steps).
 
 Teachers never enter this module tree: the pipeline attaches a ``TeacherEnsemble`` (a plain object) and the training
