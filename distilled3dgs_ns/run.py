@@ -136,11 +136,16 @@ class RunConfig:
     student_cap_share: float | None = None
     """Cap the student's densification at this share of the standard teacher's final count (None: the model's cap)."""
     student_budget_share: float | None = None
-    """The student ends with this share of the standard teacher's final count: a cut to the highest-scoring ones at
-    --student-budget-at, in place of the importance-mass cut, so the count never depends on where the student
-    started (None: the mass cut, wherever it leaves the count)."""
-    student_budget_at: float = paper_fraction(20_000)
-    """Fraction of the run of the budget cut (the paper's last prune: 20k of 30k)."""
+    """The student ends with this share of the standard teacher's final count: staged cuts to the highest-scoring
+    ones (--student-budget-at/-until/-stages) in place of the sampling prune and the importance-mass cut, so the
+    count never depends on where the student started (None: those two, wherever they leave the count)."""
+    student_budget_at: float = 0.5
+    """Fraction of the run of the (first) budget cut; densification stops there."""
+    student_budget_until: float = paper_fraction(20_000)
+    """Fraction of the run of the last budget cut (the paper's last prune: 20k of 30k)."""
+    student_budget_stages: int = 4
+    """Budget cuts, evenly spaced from --student-budget-at to --student-budget-until, each removing the same share
+    of what is left: gradual pruning lets the survivors adapt between cuts."""
     model_args: str = ""
     """ns-train options for every training (teachers and student), one string placed after the generated options so
     they win: --model-args="--pipeline.model.sh-degree 2". Replaces the preset's string (see configs/<preset>.yaml)."""
@@ -183,8 +188,13 @@ class RunConfig:
             raise RunSetupError("--jobs must be at least 1")
         if self.student_budget_share is not None and not 0 < self.student_budget_share <= 1:
             raise RunSetupError(f"--student-budget-share is a share in (0, 1], got {self.student_budget_share}")
-        if not 0 <= self.student_budget_at <= 1:
-            raise RunSetupError(f"--student-budget-at is a fraction of the run in [0, 1], got {self.student_budget_at}")
+        if not 0 <= self.student_budget_at <= self.student_budget_until <= 1:
+            raise RunSetupError(
+                "--student-budget-at and --student-budget-until are fractions of the run with 0 <= at <= until <= 1, "
+                f"got {self.student_budget_at} and {self.student_budget_until}"
+            )
+        if self.student_budget_stages < 1:
+            raise RunSetupError(f"--student-budget-stages must be at least 1, got {self.student_budget_stages}")
         if len(set(self.variants)) != len(self.variants):
             raise RunSetupError(f"--variants lists a variant twice: {' '.join(self.variants)}")
 
@@ -444,6 +454,9 @@ class Run:
             options += [
                 "--pipeline.model.prune-count", budget,
                 "--pipeline.model.prune-count-at", str(cfg.student_budget_at),
+                "--pipeline.model.prune-count-until", str(cfg.student_budget_until),
+                "--pipeline.model.prune-count-stages", str(cfg.student_budget_stages),
+                "--pipeline.model.prune-sample-at", "None",
                 "--pipeline.model.prune-mass-at", "None",
             ]  # fmt: skip
         return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]

@@ -115,15 +115,15 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     the same share of what is left (gradual pruning lets the survivors adapt between cuts)."""
     prune_count_until: float | None = None
     """Fraction of the run of the last staged count cut (with prune_count_stages > 1)."""
-    prune_top_filter: bool = False
+    prune_top_filter: bool = True
     """Mini-Splatting's intersection-preserving filter: before every prune, a Gaussian that is the top contributor
     (largest alpha * T) of no training pixel scores 0, so it goes first (the official student's)."""
-    prune_fresh_optimizer: bool = False
+    prune_fresh_optimizer: bool = True
     """Restart Adam (empty moments) after every prune, as the official code's training_setup does (the sampling
     prune with prune_reinitialize always restarts it)."""
     prune_seed: int = 0
     """Seed of the importance sampling."""
-    reset_opacity: bool = True
+    reset_opacity: bool = False
     """Splatfacto's periodic opacity reset (reset_alpha_every) during densification; the official student has
     none (its teachers do)."""
     blur_split: bool = False
