@@ -250,8 +250,10 @@ class PruneSchedule:
     """The prune events of a run, resolved against its length; ``step_post_backward`` applies the ones due.
 
     With ``top_filter`` (Mini-Splatting's intersection-preserving filter) a Gaussian that is never the top contributor
-    of any training pixel scores 0 before every selection, so sampling and cuts only choose among the ones that
-    shape the image. Each event fires at exactly one step, so a resumed run never repeats one.
+    of any training pixel scores 0 before sampling and the share and mass cuts, so they only choose among the ones
+    that shape the image; a count cut keeps every top contributor before any other, and fills the rest of its budget
+    by score, so a budget is met even where fewer Gaussians win a pixel. Each event fires at exactly one step, so a
+    resumed run never repeats one.
     """
 
     events: list[PruneEvent] = field(default_factory=list)
@@ -284,7 +286,11 @@ class PruneSchedule:
         if self.top_filter:
             if top_counts is None:
                 raise ValueError("the top-contributor filter needs the top-contributor counts")
-            importance = torch.where(top_counts > 0, importance, torch.zeros_like(importance))
+            wins = top_counts > 0
+            if event.kind == "count":  # a budget is filled: every top contributor first, then the best of the rest
+                importance = importance + wins * (importance.max() + 1)
+            else:
+                importance = torch.where(wins, importance, torch.zeros_like(importance))
         if event.kind == "sample":
             return sample_by_importance(importance, event.value, self.generator)
         if event.kind == "share":

@@ -494,6 +494,7 @@ class Run:
             *shlex.split(cfg.model_args),
             *shlex.split(cfg.teacher_args),
             "--pipeline.model.max-gaussians", count,
+            "--pipeline.model.num-random", str(max(1, student.count // 2)),  # a random start below the cap, to grow
         ]  # fmt: skip
         steps = cfg.student_steps
         return [

@@ -415,6 +415,9 @@ def test_top_filter_drops_gaussians_that_never_win_a_pixel() -> None:
     filtered = PruneSchedule([PruneEvent("count", 0.0, 3)], top_filter=True)
     assert plain.keep_mask(plain.events[0], importance).tolist() == [True, True, True, False, False]
     assert filtered.keep_mask(filtered.events[0], importance, tops).tolist() == [False, True, False, True, True]
+    # a budget above the number of top contributors is filled with the best of the others
+    four = PruneSchedule([PruneEvent("count", 0.0, 4)], top_filter=True)
+    assert four.keep_mask(four.events[0], importance, tops).tolist() == [True, True, False, True, True]
     mass = PruneSchedule([PruneEvent("mass", 0.0, 0.99)], top_filter=True)
     assert mass.keep_mask(mass.events[0], importance, tops).tolist() == [False, True, False, True, True]
     with pytest.raises(ValueError, match="needs the top-contributor counts"):
