@@ -157,7 +157,8 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     assert capped.pipeline.model.max_gaussians == 1234
     # a student with its own count cut keeps its schedule, retargeted to the final count
     staged = run.baseline_trainings(standard, 10_000, StudentResult(999, 0.3, True))[0]
-    assert "--pipeline.model.prune-count-at" not in staged.options and "999" in staged.options
+    retargeted = _parse(staged, config, tmp_path).pipeline.model
+    assert (retargeted.prune_count, retargeted.prune_count_at) == (999, config.student_budget_at)
 
 
 def test_a_bad_option_fails_before_any_training(tmp_path, monkeypatch):
