@@ -197,7 +197,12 @@ def prune_gaussians(
 PruneKind = Literal["sample", "share", "mass", "count"]
 KIND_ORDER: tuple[PruneKind, ...] = ("sample", "share", "mass", "count")
 """Order of events that fall on the same step."""
-KIND_NAMES = {"sample": "importance sampling", "share": "lowest-share cut", "mass": "mass cut", "count": "count cut"}
+KIND_NAMES = {
+    "sample": "importance sampling",
+    "share": "lowest-share cut",
+    "mass": "importance mass cut",
+    "count": "count cut",
+}
 
 
 def staged_count_events(count: int, start: float, stop: float | None, stages: int) -> list[PruneEvent]:
