@@ -18,6 +18,8 @@ import torch
 from gsplat.strategy.ops import remove
 from torch import Tensor
 
+from distilled3dgs_ns.schedules import to_step
+
 View = TypeVar("View")
 
 
@@ -274,7 +276,7 @@ class PruneSchedule:
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def step_of(self, event: PruneEvent) -> int:
-        return int(round(event.at * self.run_length))
+        return to_step(event.at, self.run_length)
 
     def steps(self) -> list[int]:
         """The steps of the events, ascending (one entry per event)."""

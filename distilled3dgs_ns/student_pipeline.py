@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from nerfstudio.cameras import camera_utils
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import profiler
@@ -78,39 +79,15 @@ class StudentPipelineConfig(VanillaPipelineConfig):
 
 def interpolate_camera(first: Cameras, second: Cameras, t: float) -> Cameras:
     """A copy of ``first`` (one camera) at fraction ``t`` of the way to ``second``: positions interpolated linearly,
-    orientations along the shortest rotation (slerp); intrinsics and metadata are ``first``'s."""
+    orientations along the shortest rotation (nerfstudio's quaternion slerp); intrinsics and metadata are
+    ``first``'s."""
     moved = copy.deepcopy(first)
     a, b = first.camera_to_worlds[0], second.camera_to_worlds[0].to(first.camera_to_worlds)
-    relative = a[:3, :3].T @ b[:3, :3]
-    axis_angle = _rotation_log(relative)
-    moved.camera_to_worlds[0, :3, :3] = a[:3, :3] @ _rotation_exp(t * axis_angle)
+    quats = [camera_utils.quaternion_from_matrix(pose[:3, :3].double().cpu().numpy()) for pose in (a, b)]
+    rotation = camera_utils.quaternion_matrix(camera_utils.quaternion_slerp(*quats, t))[:3, :3]
+    moved.camera_to_worlds[0, :3, :3] = torch.from_numpy(rotation).to(a)
     moved.camera_to_worlds[0, :3, 3] = (1 - t) * a[:3, 3] + t * b[:3, 3]
     return moved
-
-
-def _rotation_log(rotation: Tensor) -> Tensor:
-    """Axis-angle vector of a rotation matrix (angle below pi)."""
-    cos = ((rotation.trace() - 1) / 2).clamp(-1.0, 1.0)
-    angle = torch.arccos(cos)
-    skew = torch.stack(
-        [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
-    )
-    if angle < 1e-6:
-        return skew / 2
-    return skew * (angle / (2 * torch.sin(angle)))
-
-
-def _rotation_exp(vector: Tensor) -> Tensor:
-    """Rotation matrix of an axis-angle vector (Rodrigues)."""
-    angle = vector.norm()
-    k = torch.zeros(3, 3, dtype=vector.dtype, device=vector.device)
-    k[0, 1], k[0, 2], k[1, 2] = -vector[2], vector[1], -vector[0]
-    k = k - k.T
-    eye = torch.eye(3, dtype=vector.dtype, device=vector.device)
-    if angle < 1e-8:
-        return eye + k
-    k = k / angle
-    return eye + torch.sin(angle) * k + (1 - torch.cos(angle)) * (k @ k)
 
 
 def jitter_camera(camera: Cameras, sigma: float, generator: torch.Generator) -> Cameras:
