@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import tyro
 
+from distilled3dgs_ns.checkpoints import load_pipeline
+from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.progress import progress_bar
 
@@ -102,16 +104,6 @@ def evaluate_pipeline(
     return result
 
 
-def load_pipeline(config_path: Path) -> Any:
-    """The trained pipeline of ``config.yml`` in test mode (teachers of a student are not loaded)."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist; pass the config.yml that ns-train wrote")
-    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
-    return pipeline
-
-
 @dataclass
 class EvalCommand:
     """Evaluate a distilled3dgs model on its test split: PSNR, SSIM, LPIPS (when available), #Gaussians, size on
@@ -153,9 +145,9 @@ def entrypoint() -> None:
     command = tyro.cli(EvalCommand)
     try:
         command.main()
-    except (FileNotFoundError, ValueError) as error:
+    except (UserError, OSError, ValueError) as error:
         print(f"distilled3dgs-eval: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_EXIT)
 
 
 if __name__ == "__main__":

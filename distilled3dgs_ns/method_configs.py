@@ -16,9 +16,12 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from distilled3dgs_ns.errors import install_excepthook
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
+
+install_excepthook()  # our UserErrors inside ns-train / ns-eval / ns-export: one message, not a traceback
 
 PAPER_STEPS = 30_000
 

@@ -27,6 +27,7 @@ from nerfstudio.utils.colors import get_color
 from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from distilled3dgs_ns.checkpoints import check_finite, gaussian_state
 from distilled3dgs_ns.lpips_metric import OptionalLPIPS
 from distilled3dgs_ns.rasterization import rasterization
 from distilled3dgs_ns.strategy import CappedStrategy
@@ -148,6 +149,16 @@ class PortableSplatfactoModel(SplatfactoModel):
     def step_cb(self, optimizers: Optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
         self._rebind_optimizers()
+
+    def step_post_backward(self, step: int) -> None:
+        """Densify as splatfacto does, then stop a diverged training before its NaNs reach a checkpoint."""
+        super().step_post_backward(step)
+        check_finite(self.gauss_params, f"step {step}")
+
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]  # splatfacto's signature
+        """Refuse a diverged checkpoint (ns-eval, ns-export, ns-viewer and resuming all load through here)."""
+        check_finite(gaussian_state(state_dict), "the loaded checkpoint")
+        return super().load_state_dict(state_dict, **kwargs)
 
     def _rebind_optimizers(self) -> None:
         """Point each Gaussian optimizer at the current parameter, carrying its Adam state over.

@@ -8,6 +8,7 @@ a YAML file works too, so a user can keep their own presets next to their data.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +66,42 @@ def apply_mapping(base: T, values: dict[str, Any], where: str) -> T:
             changes[name] = None if value is None else Path(value)
         else:
             changes[name] = value
+        if not dataclasses.is_dataclass(current) and not fits(changes[name], hints[name]):
+            raise PresetError(f"{where}: '{key}: {value}' is not a valid value (expected {describe(hints[name])})")
     return dataclasses.replace(base, **changes)
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from YAML) is of type ``hint``: the few kinds of option a run has."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if origin is tuple:
+        element = args[0] if args else Any
+        return isinstance(value, tuple) and all(fits(item, element) for item in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def describe(hint: Any) -> str:
+    """A type as a user reads it: ``one of standard, perturbed, dropout``, ``int``, ``a list of ...``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in args)
+    if origin is tuple:
+        return f"a list of {describe(args[0])}" if args else "a list"
+    return "nothing (null)" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def load_preset(name: str, base: T) -> T:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,10 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.utils.colors import get_color
 from torch import Tensor
 
+from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, check_finite, gaussian_state, newest_checkpoint
+from distilled3dgs_ns.errors import UserError
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 
-CHECKPOINT_GLOB = "step-*.ckpt"
 DATAPARSER_TRANSFORMS = "dataparser_transforms.json"
 """Written by ``ns-train`` next to ``config.yml``: the pose transform and scale the dataparser applied."""
 PLACEHOLDER_POINTS = 4
@@ -45,9 +47,11 @@ PLACEHOLDER_POINTS = 4
 CHECK_BACKGROUND = (0.5, 0.5, 0.5)
 """Background both the teacher render and an RGBA ground truth are composited on for the PSNR check."""
 STANDARD_VARIANT = "standard"
+STUDENT_METHOD = "distilled3dgs-student"
+"""A student's ``method_name``: refused as a teacher (it would pass as a 'standard' one)."""
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError):
     """A teacher cannot be used; the message names the offending file and how to fix it."""
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
@@ -98,12 +102,6 @@ def to_straight_alpha(premultiplied: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------------- loading
 
 
-def newest_checkpoint(model_dir: Path) -> Path | None:
-    """The ``step-*.ckpt`` with the highest step in ``model_dir``, or None."""
-    checkpoints = sorted(model_dir.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("-")[-1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def _portable(model_config: SplatfactoModelConfig) -> PortableSplatfactoModelConfig:
     """The config as a device-agnostic splatfacto (plain splatfacto teachers are CUDA-only otherwise)."""
     if isinstance(model_config, PortableSplatfactoModelConfig):
@@ -131,6 +129,10 @@ def load_teacher(config_path: Path | str, device: torch.device | str) -> Teacher
     except (yaml.YAMLError, ImportError, AttributeError, TypeError) as err:
         raise TeacherLoadError(path, f"not a readable nerfstudio config ({err})", train_fix) from err
     model_config = getattr(getattr(config, "pipeline", None), "model", None)
+    if getattr(config, "method_name", None) == STUDENT_METHOD:
+        raise TeacherLoadError(
+            path, "is a distilled student, not a teacher", "pass the config.yml of a `distilled3dgs-teacher` run"
+        )
     if not isinstance(model_config, SplatfactoModelConfig):
         kind = f"{type(model_config).__name__} ({getattr(config, 'method_name', 'unknown method')})"
         raise TeacherLoadError(
@@ -159,6 +161,7 @@ def load_teacher(config_path: Path | str, device: torch.device | str) -> Teacher
     }
     if "gauss_params.means" not in gaussians:
         raise TeacherLoadError(checkpoint, "holds no Gaussians (gauss_params.*)", train_fix)
+    check_finite(gaussian_state(state["pipeline"]), f"teacher {checkpoint}")
 
     trained_background = model_config.background_color
     model_config = dataclasses.replace(
@@ -266,7 +269,13 @@ class TeacherEnsemble:
         standard: int | None = None,
     ) -> TeacherEnsemble:
         """Load every teacher (see ``load_teacher``); raises ``TeacherLoadError`` on the first that fails."""
-        return cls([load_teacher(path, device) for path in config_paths], weights, standard)
+        resolved = [Path(path).expanduser().resolve() for path in config_paths]
+        for path in sorted({path for path in resolved if resolved.count(path) > 1}):
+            warnings.warn(
+                f"teacher {path} is listed {resolved.count(path)} times: it weighs that much more in the blend",
+                stacklevel=2,
+            )
+        return cls([load_teacher(path, device) for path in resolved], weights, standard)
 
     def __len__(self) -> int:
         return len(self.teachers)

@@ -351,7 +351,7 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys, good_file):
     bad.write_bytes(good_file[:-10])
     with pytest.raises(SystemExit) as exit_info:
         entrypoint(["decode", "--input", str(bad), "--output", str(tmp_path / "out.ply")])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # as distilled3dgs-eval and distilled3dgs-run for a bad input
     text = capsys.readouterr().err.strip()
     assert text.startswith("error:") and str(bad) in text and "truncated" in text and "Traceback" not in text
     assert len(text.splitlines()) == 1 and not (tmp_path / "out.ply").exists()

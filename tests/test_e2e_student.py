@@ -5,6 +5,8 @@ resume. Uses the real lego-100 scene from shared/ when present, the embedded sce
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -144,3 +146,14 @@ def test_student_resumes_mid_schedule_without_pruning_again(scene, teachers, stu
     step, count = _gaussians(workdir / "outputs" / "student-resumed" / "distilled3dgs-student" / "run")
     assert step == STUDENT_STEPS - 1
     assert 0 < count < torch.load(checkpoint, weights_only=False)["pipeline"]["_model.gauss_params.means"].shape[0]
+
+
+def test_a_student_given_as_teacher_stops_ns_train_with_one_message(scene, student, workdir):
+    """Teacher errors inside ns-train are their message alone, not a 15-frame traceback."""
+    args = _student_args(scene, [student / "config.yml"], "student-of-student", 5)
+    result = subprocess.run(
+        [*args, "blender-data"], cwd=workdir, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "DISTILLED3DGS_NO_LPIPS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "is a distilled student, not a teacher" in result.stderr and "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ ns-viewer. Uses the real lego-100 scene from shared/ when present, the embedded 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import e2e_scene, run_cli
 
 STEPS = 40
@@ -119,3 +121,34 @@ def test_viewer_starts_on_a_trained_teacher(trained, workdir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_diverging_training_stops_before_saving_nans(scene, workdir):
+    """The issue's reproduction: scales at learning rate 1e9 for 20 steps used to exit 0 with NaN means."""
+    args = _train_args(scene, "standard", 20)
+    args[args.index("--experiment-name") + 1] = "teacher-diverged"
+    args[args.index("--steps-per-save") + 1] = "5"
+    args[-1:-1] = ["--optimizers.scales.optimizer.lr", "1e9"]
+    result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ns-train: step ") and "training diverged" in last and "Traceback" not in result.stderr
+    for checkpoint in (workdir / "outputs" / "teacher-diverged").glob("**/*.ckpt"):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
+        assert all(value.isfinite().all() for key, value in state.items() if "gauss_params" in key), checkpoint
+
+
+def test_a_copied_run_folder_loads_its_own_checkpoint(trained, workdir, tmp_path):
+    copy = tmp_path / "copy" / "run"
+    shutil.copytree(trained["standard"].parent, copy)
+    args = [
+        "distilled3dgs-eval",
+        "--load-config",
+        str(copy / "config.yml"),
+        "--max-views",
+        "1",
+        "--render-repeats",
+        "0",
+    ]
+    result = run_cli(args, cwd=workdir)
+    assert f"Loaded {copy / 'nerfstudio_models'}" in result.stdout

@@ -1,5 +1,5 @@
 """``distilled3dgs-export``: write a trained splat as a compact file, decode one to a standard 3DGS PLY, or show
-what one holds. Bad input ends with one line saying what is wrong and what to do, and exit status 1."""
+what one holds. Bad input ends with one line saying what is wrong and what to do, and exit status 2."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from nerfstudio.models.splatfacto import SplatfactoModel
 from rich.console import Console
 from rich.table import Table
 
-from distilled3dgs_ns.compression.compact_format import CompactFormatError, read_compact, read_header
+from distilled3dgs_ns.checkpoints import load_pipeline
+from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
 from distilled3dgs_ns.compression.ply import write_ply
+from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 
 CONSOLE = Console(width=120)
 ERRORS = Console(width=120, stderr=True)
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A problem with the command line's input; the message says what to do."""
 
 
@@ -40,9 +42,7 @@ class Compact(CompactOptions):
     """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
 
     def main(self) -> None:
-        if not self.load_config.is_file():
-            raise UsageError(f"{self.load_config}: no such config file; pass the config.yml of a trained run")
-        pipeline = _load_pipeline(self.load_config, self.data, with_images=self.finetune.steps > 0)
+        pipeline = load_pipeline(self.load_config, self.data, "test" if self.finetune.steps > 0 else "inference")
         if not isinstance(pipeline.model, SplatfactoModel):
             raise UsageError(f"{self.load_config}: a {type(pipeline.model).__name__}, not a Gaussian splatting model")
         figures = export_compact(pipeline, None, self.output, self, source=str(self.load_config))
@@ -75,6 +75,8 @@ class Decode:
     """The PLY file to write."""
 
     def main(self) -> None:
+        if self.output.resolve() == self.input.resolve():
+            raise UsageError(f"--output {self.output} is the compact file itself; choose another name, e.g. scene.ply")
         gaussians = read_compact(self.input)
         size = write_ply(self.output, gaussians, comment=f"Decoded from {self.input.name}")
         CONSOLE.print(f"Wrote {self.output} ({gaussians.num_gaussians} Gaussians, {size / 1e6:.3f} MB)")
@@ -104,29 +106,6 @@ class Info:
         )
 
 
-def _load_pipeline(config: Path, data: Path | None, with_images: bool):
-    """``eval_setup`` (inference mode unless images are needed), with the data path overridden when asked."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    def override(trainer_config):
-        if data is not None:
-            trainer_config.data = data
-            trainer_config.pipeline.datamanager.data = data
-            trainer_config.pipeline.datamanager.dataparser.data = data
-        return trainer_config
-
-    try:
-        _, pipeline, _, _ = eval_setup(
-            config, test_mode="test" if with_images else "inference", update_config_callback=override
-        )
-    except FileNotFoundError as error:
-        raise UsageError(
-            f"{config}: {error}. If the scene moved or the config's data path is relative to another folder, "
-            "pass --data <scene folder>"
-        ) from None
-    return pipeline
-
-
 Commands = tyro.conf.FlagConversionOff[
     Annotated[Compact, tyro.conf.subcommand(name="compact")]
     | Annotated[Decode, tyro.conf.subcommand(name="decode")]
@@ -139,9 +118,9 @@ def entrypoint(args: list[str] | None = None) -> None:
     command = tyro.cli(Commands, args=args)
     try:
         command.main()
-    except (CompactFormatError, UsageError, OSError) as error:
+    except (UserError, OSError) as error:
         ERRORS.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(USAGE_EXIT)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distilled3dgs_ns.errors import UserError
+
 MAGIC = b"D3DGSCMP"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sHI")
@@ -45,7 +47,7 @@ MAX_HEADER_BYTES = 1 << 20
 REEXPORT = "re-export it with `distilled3dgs-export compact`"
 
 
-class CompactFormatError(ValueError):
+class CompactFormatError(UserError, ValueError):
     """A compact file that cannot be read as it is; the message names the file, the problem and what to do."""
 
     def __init__(self, path: Path | str, problem: str, fix: str = REEXPORT) -> None:
@@ -370,9 +372,19 @@ def _read_header(path: Path, data: bytes) -> tuple[dict[str, Any], int, int]:
     return header, version, header_end + _CRC.size
 
 
+def _compact_file(path: Path | str) -> Path:
+    """``path`` as a file to read, or the one-line error for a folder or a missing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CompactFormatError(path, "is a folder, not a compact file", "pass the .compact file itself")
+    if not path.exists():
+        raise CompactFormatError(path, "no such file", "pass a file written by `distilled3dgs-export compact`")
+    return path
+
+
 def read_compact(path: Path | str, device: torch.device | str = "cpu") -> CompactGaussians:
     """Read and fully validate a compact file; raises ``CompactFormatError`` for anything wrong with its content."""
-    path = Path(path)
+    path = _compact_file(path)
     data = path.read_bytes()
     header, _, start = _read_header(path, data)
     layout = _check_header(path, header)
@@ -436,7 +448,7 @@ def _decode(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], d
 def read_header(path: Path | str) -> dict[str, Any]:
     """The validated header alone (counts, sections, metadata, plus ``format_version`` from the prefix), without
     reading the payload."""
-    path = Path(path)
+    path = _compact_file(path)
     with path.open("rb") as file:
         head = file.read(_PREFIX.size)
         if len(head) == _PREFIX.size and head.startswith(MAGIC):

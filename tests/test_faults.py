@@ -1,0 +1,157 @@
+"""Bad input and broken runs end in one clear message, never in lost work (issue 11's fault matrix, fast cases).
+
+The slow end-to-end cases (a diverging ns-train, a copied run folder, teacher errors inside ns-train) live in
+test_e2e_teacher.py; the interrupted-training cases of distilled3dgs-run in test_run.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_model
+from test_teachers import write_teacher
+
+from distilled3dgs_ns import errors
+from distilled3dgs_ns.checkpoints import CheckpointError, DivergedError, check_finite, load_pipeline
+from distilled3dgs_ns.compression import cli as export_cli
+from distilled3dgs_ns.compression.compact_format import CompactFormatError
+from distilled3dgs_ns.evaluation import entrypoint as eval_entrypoint
+from distilled3dgs_ns.presets import PresetError
+from distilled3dgs_ns.run import Run, RunConfig, parse_config
+from distilled3dgs_ns.stages import RunSetupError
+from distilled3dgs_ns.student import StudentModelConfig
+from distilled3dgs_ns.teacher import TeacherModelConfig
+from distilled3dgs_ns.teachers import TeacherEnsemble, TeacherLoadError, load_teacher
+
+
+def _teacher(tmp_path: Path, name: str = "teacher", poison: bool = False) -> Path:
+    model = make_model(TeacherModelConfig(num_downscales=0), num_points=50)
+    if poison:
+        with torch.no_grad():
+            model.gauss_params["means"][:7] = float("nan")
+    return write_teacher(tmp_path / name, model)
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+
+
+def test_non_finite_gaussians_are_named_with_their_count():
+    params = {"means": torch.zeros(10, 3), "scales": torch.zeros(10, 3)}
+    check_finite(params, "step 3")
+    params["scales"][[2, 5], 1] = float("inf")
+    with pytest.raises(DivergedError, match=r"step 3: training diverged, non-finite Gaussians \(2 of 10 scales\)"):
+        check_finite(params, "step 3")
+
+
+def test_a_diverged_checkpoint_does_not_load(tmp_path):
+    """ns-eval, ns-export and ns-viewer load through the model: a NaN checkpoint is refused, not rendered."""
+    model = make_model(TeacherModelConfig(num_downscales=0), num_points=20)
+    state = model.state_dict()
+    state["gauss_params.opacities"][3] = float("nan")
+    with pytest.raises(DivergedError, match="1 of 20 opacities"):
+        model.load_state_dict(state)
+
+
+def test_a_diverged_teacher_is_refused_naming_its_checkpoint(tmp_path):
+    with pytest.raises(DivergedError, match=r"teacher .*step-000000029\.ckpt: training diverged.*7 of 50 means"):
+        load_teacher(_teacher(tmp_path, poison=True), "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def test_a_truncated_checkpoint_names_the_file(tmp_path):
+    config = _teacher(tmp_path)
+    checkpoint = next((config.parent / "nerfstudio_models").glob("*.ckpt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=rf"{checkpoint.name} is not a readable checkpoint .*truncated"):
+        load_pipeline(config)
+    with pytest.raises(CheckpointError, match="is a folder; pass the config.yml"):
+        load_pipeline(config.parent)
+
+
+def test_eval_and_export_fail_alike_on_the_same_bad_file(tmp_path, monkeypatch, capsys):
+    config = _teacher(tmp_path)
+    checkpoint = next((config.parent / "nerfstudio_models").glob("*.ckpt"))
+    checkpoint.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(sys, "argv", ["distilled3dgs-eval", "--load-config", str(config)])
+    with pytest.raises(SystemExit) as evaluated:
+        eval_entrypoint()
+    with pytest.raises(SystemExit) as exported:
+        export_cli.entrypoint(["compact", "--load-config", str(config), "--output", str(tmp_path / "x.compact")])
+    assert evaluated.value.code == exported.value.code == errors.USAGE_EXIT
+    messages = capsys.readouterr().err
+    assert messages.count(f"{checkpoint} is not a readable checkpoint") == 2 and "Traceback" not in messages
+
+
+def test_decoding_onto_the_compact_file_itself_is_refused(tmp_path, capsys):
+    compact = tmp_path / "scene.compact"
+    compact.write_bytes(b"precious")
+    with pytest.raises(SystemExit):
+        export_cli.entrypoint(["decode", "--input", str(compact), "--output", str(tmp_path / "." / "scene.compact")])
+    assert compact.read_bytes() == b"precious" and "is the compact file itself" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_compact_file_is_named(tmp_path):
+    from distilled3dgs_ns.compression import read_compact
+
+    with pytest.raises(CompactFormatError, match="is a folder, not a compact file"):
+        read_compact(tmp_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_an_unusable_output_dir_is_one_line(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(RunSetupError, match="is a file; pass a folder"):
+        Run(RunConfig(data=tmp_path, output_dir=a_file), log=lambda _: None).prepare_output_dir()
+    with pytest.raises(RunSetupError, match="cannot be created"):
+        Run(RunConfig(data=tmp_path, output_dir=a_file / "below"), log=lambda _: None).prepare_output_dir()
+
+
+# ------------------------------------------------------------------------------------------------ teachers
+
+
+def test_a_student_given_as_teacher_is_refused(tmp_path):
+    model = make_model(StudentModelConfig(num_downscales=0), num_points=20)
+    config = write_teacher(tmp_path / "student", model)
+    config.write_text(config.read_text().replace("distilled3dgs-teacher", "distilled3dgs-student"))
+    with pytest.raises(TeacherLoadError, match="is a distilled student, not a teacher"):
+        load_teacher(config, "cpu")
+
+
+def test_the_same_teacher_twice_is_a_warning(tmp_path):
+    config = _teacher(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ensemble = TeacherEnsemble.load([config, config], "cpu")
+    assert len(ensemble) == 2 and any("listed 2 times" in str(w.message) for w in caught)
+
+
+# ------------------------------------------------------------------------------------------------ presets, hook
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("variants: [perturbd]", "one of standard, perturbed, dropout"), ("teacher_steps: twenty", "expected int")],
+)
+def test_a_bad_preset_value_fails_when_parsed(tmp_path, text, message):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(text)
+    with pytest.raises(PresetError, match=message):
+        parse_config(["--preset", str(preset)])
+
+
+def test_user_errors_print_as_one_line_other_errors_keep_their_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/ns-train"])
+    errors.print_user_errors(TeacherLoadError, TeacherLoadError(Path("t.yml"), "bad", "fix it"), None)
+    assert capsys.readouterr().err.startswith("ns-train: teacher t.yml: bad")
+    try:
+        raise KeyError("bug")
+    except KeyError as error:
+        errors.print_user_errors(KeyError, error, error.__traceback__)
+    assert "Traceback" in capsys.readouterr().err
