@@ -39,6 +39,16 @@ from typing import Any, Literal
 
 import tyro
 
+from distilled3dgs_ns.checkpoints import (
+    MODEL_DIR,
+    checkpoint_name,
+    checkpoint_step,
+    gaussian_state,
+    load_pipeline,
+    newest_checkpoint,
+    read_checkpoint,
+)
+from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 from distilled3dgs_ns.presets import PresetError, available_presets, load_preset
 from distilled3dgs_ns.scenes import EmbeddedSceneConfig
 from distilled3dgs_ns.schedules import paper_fraction, to_step
@@ -222,12 +232,12 @@ class Training:
         return runs / self.stage / self.method / TIMESTAMP
 
     def final_checkpoint(self, runs: Path) -> Path:
-        return self.folder(runs) / "nerfstudio_models" / f"step-{self.steps - 1:09d}.ckpt"
+        return self.folder(runs) / MODEL_DIR / checkpoint_name(self.steps - 1)
 
     def latest_checkpoint_step(self, runs: Path) -> int | None:
         """Step of the newest checkpoint of an interrupted run (None: nothing to resume from)."""
-        steps = [int(p.stem.split("-")[1]) for p in (self.folder(runs) / "nerfstudio_models").glob("step-*.ckpt")]
-        return max(steps) if steps else None
+        latest = newest_checkpoint(self.folder(runs) / MODEL_DIR)
+        return None if latest is None else checkpoint_step(latest)
 
 
 def device_type_of(config: RunConfig) -> str:
@@ -258,8 +268,22 @@ def ns_train_command(
         "--machine.device-type", device_type_of(config),
     ]  # fmt: skip
     if resume_step is not None:
-        command += ["--load-dir", str(training.folder(runs) / "nerfstudio_models")]
+        command += ["--load-dir", str(training.folder(runs) / MODEL_DIR)]
     return [*command, *training.options, config.dataparser, *shlex.split(config.dataparser_args)]
+
+
+def training_fingerprint(training: Training, config: RunConfig, data: Path, runs: Path) -> str:
+    """What a training's result depends on: its ns-train command without the checkpoint interval and with the output
+    folder as a placeholder, so changing ``--save-every`` or moving the run folder keeps its stages and checkpoints."""
+    command = ns_train_command(training, config, data, runs, None)
+    interval = command.index("--steps-per-save")
+    del command[interval : interval + 2]
+    return fingerprint({"command": [arg.replace(str(runs.parent), "<output-dir>") for arg in command]})
+
+
+def legacy_fingerprint(training: Training, config: RunConfig, data: Path, runs: Path) -> str:
+    """The fingerprint runs made before ``training_fingerprint`` recorded (the whole command), still accepted."""
+    return fingerprint({"command": ns_train_command(training, config, data, runs, None)})
 
 
 def check_options(training: Training, config: RunConfig, data: Path, runs: Path) -> None:
@@ -285,7 +309,7 @@ def check_options(training: Training, config: RunConfig, data: Path, runs: Path)
         ) from None
 
 
-class StageFailed(RuntimeError):
+class StageFailed(UserError):
     """A training subprocess failed; the message points at its log."""
 
 
@@ -299,20 +323,25 @@ def run_training(
 ) -> dict[str, Any]:
     """Run (or resume) one training to its final checkpoint; returns its figures for the stage record.
 
-    A folder left by an interrupted run with *other* settings is started afresh rather than resumed. The wall time of
-    every attempt is kept in ``<stage>.attempts.json`` (written before ns-train starts and every few seconds while it
-    runs, so even a killed attempt counts) and the record reports the sum.
+    A checkpoint left by an interrupted run with *other* settings is never deleted: that is refused, pointing to
+    ``--redo``. The wall time of every attempt is kept in ``<stage>.attempts.json`` (written before ns-train starts
+    and every few seconds while it runs, so even a killed attempt counts) and the record reports the sum.
     """
     intent = runs / f"{training.stage}.attempts.json"
-    key = fingerprint({"command": ns_train_command(training, config, data, runs, None)})
+    key = training_fingerprint(training, config, data, runs)
     attempts = json.loads(intent.read_text()) if intent.exists() else {}
-    if attempts.get("fingerprint") != key:
-        shutil.rmtree(training.folder(runs), ignore_errors=True)
-        attempts = {"fingerprint": key, "seconds": []}
     resume_step = training.latest_checkpoint_step(runs)
+    if attempts.get("fingerprint") not in (key, legacy_fingerprint(training, config, data, runs)):
+        if resume_step is not None:
+            raise RunSetupError(
+                f"{training.stage} was interrupted at step {resume_step} with other settings than this command's; its "
+                f"checkpoints in {training.folder(runs)} are kept. Re-run with the original settings to resume it, or "
+                f"pass --redo {training.stage} to train it afresh."
+            )
+        shutil.rmtree(training.folder(runs), ignore_errors=True)  # no checkpoint: nothing to lose
+    attempts = {"fingerprint": key, "seconds": attempts.get("seconds", []) if resume_step is not None else []}
     command = ns_train_command(training, config, data, runs, resume_step)
     log_path = runs / f"{training.stage}.log"
-    offset = 0 if resume_step is None else resume_step + 1
     start = last_write = time.perf_counter()
     attempts["seconds"].append(0.0)
     write_json_atomic(intent, attempts)
@@ -335,7 +364,7 @@ def run_training(
                 for line in process.stdout:
                     log.write(line)
                     for match in STEP_PATTERN.finditer(line):
-                        on_step(offset + int(match.group(1)))
+                        on_step(int(match.group(1)))  # ns-train counts from the loaded step
                     if time.perf_counter() - last_write > TIME_NOTE_EVERY_S:
                         note_time()
                         last_write = time.perf_counter()
@@ -343,7 +372,14 @@ def run_training(
     finally:
         note_time()
     if code != 0 or not training.final_checkpoint(runs).exists():
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:]) if log_path.exists() else ""
+        lines = log_path.read_text().splitlines() if log_path.exists() else []
+        ours = [line for line in lines if line.startswith("ns-train: ")]  # a UserError, printed as one line
+        if ours:
+            raise StageFailed(
+                f"{training.stage}: {ours[-1].removeprefix('ns-train: ')} (log: {log_path}). Fix the settings and "
+                f"pass --redo {training.stage}, or re-run as it is to resume from its latest checkpoint."
+            )
+        tail = "\n".join(lines[-15:])
         raise StageFailed(
             f"{training.stage}: ns-train exited with code {code}; last lines of {log_path}:\n{tail}\n"
             "Fix the cause and re-run the same command: finished stages are skipped and this one resumes from its "
@@ -368,6 +404,20 @@ class Run:
         self.book = StageBook(self.output_dir / "stages")
 
     # -- inputs
+
+    def prepare_output_dir(self) -> None:
+        """Create the output folder, or say in one line why it cannot be used."""
+        where = f"--output-dir {self.output_dir}"
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise RunSetupError(f"{where} is a file; pass a folder (it is created if missing)")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunSetupError(
+                f"{where} cannot be created ({error.strerror}); choose a folder you can write to"
+            ) from None
+        if not os.access(self.output_dir, os.W_OK | os.X_OK):
+            raise RunSetupError(f"{where} is not writable; choose a folder you can write to")
 
     def scene_path(self) -> Path:
         if self.config.data is not None:
@@ -535,14 +585,25 @@ class Run:
         return graph
 
     def forget(self, names: Sequence[str]) -> None:
+        """--redo: drop the records of ``names`` and their dependents, and the trainings' folders, so they run anew."""
         graph = self.dependents()
+        stages = self.stage_inputs()
+        unknown = sorted(set(names) - set(stages))
+        if unknown:
+            raise RunSetupError(f"--redo {' '.join(unknown)}: no such stage; this run's stages are {', '.join(stages)}")
         pending, seen = list(names), set()
         while pending:
             name = pending.pop()
             if name in seen:
                 continue
             seen.add(name)
-            if self.book.forget(name):
+            forgotten = self.book.forget(name)
+            attempts = self.runs / f"{name}.attempts.json"
+            if attempts.exists() or (self.runs / name).exists():
+                shutil.rmtree(self.runs / name, ignore_errors=True)
+                attempts.unlink(missing_ok=True)
+                forgotten = True
+            if forgotten:
                 self.log(f"--redo: stage '{name}' will run again")
             pending += graph.get(name, [])
 
@@ -575,11 +636,12 @@ class Run:
         records: dict[str, dict[str, Any]] = {}
         todo: list[tuple[Training, str]] = []
         for training in trainings:
-            key = fingerprint({"command": ns_train_command(training, self.config, data, self.runs, None)})
-            record = self.book.check(training.stage, key)
+            key = training_fingerprint(training, self.config, data, self.runs)
+            legacy = legacy_fingerprint(training, self.config, data, self.runs)
+            record = self.book.check(training.stage, key, also=legacy)
             if record is not None:
                 self.log(f"{training.stage}: finished earlier ({record['train_s']:.0f} s), skipping")
-                records[training.stage] = record
+                records[training.stage] = {**record, "config": str(training.folder(self.runs) / "config.yml")}
             else:
                 todo.append((training, key))
         if not todo:
@@ -623,7 +685,7 @@ class Run:
 
     def stage_eval(self, name: str, record: dict[str, Any], student: bool) -> dict[str, Any]:
         """Test-split figures, strip views and PLY export of one trained model (and the compact file of the student)."""
-        from distilled3dgs_ns.evaluation import evaluate_pipeline, load_pipeline
+        from distilled3dgs_ns.evaluation import evaluate_pipeline
 
         stage = f"eval-{name}"
         cfg = self.config
@@ -639,7 +701,7 @@ class Run:
         if existing is not None:
             self.log(f"{stage}: finished earlier, skipping")
             return existing
-        pipeline = load_pipeline(Path(record["config"]))
+        pipeline = load_pipeline(Path(record["config"]), data=self.scene_path())
         views_dir = self.output_dir / "views" / name
         result = evaluate_pipeline(
             pipeline, cfg.eval_views, keep_views=cfg.strip_views, render_repeats=cfg.render_repeats, label=stage
@@ -679,7 +741,7 @@ class Run:
         from distilled3dgs_ns.report import write_report
 
         cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_output_dir()
         self.forget(cfg.redo)
         data = self.scene_path()
         if cfg.data is None:
@@ -710,15 +772,10 @@ class Run:
 
 def gaussian_count(record: dict[str, Any]) -> int:
     """Gaussian count of a finished training, read from its newest checkpoint."""
-    import torch
-
-    from distilled3dgs_ns.teachers import newest_checkpoint
-
-    latest = newest_checkpoint(Path(record["config"]).parent / "nerfstudio_models")
+    latest = newest_checkpoint(Path(record["config"]).parent / MODEL_DIR)
     if latest is None:
         raise RunSetupError(f"{record['stage']}: no checkpoint beside {record['config']}; --redo {record['stage']}")
-    state = torch.load(latest, map_location="cpu", weights_only=True)
-    return int(state["pipeline"]["_model.gauss_params.means"].shape[0])
+    return int(gaussian_state(read_checkpoint(latest)["pipeline"])["means"].shape[0])
 
 
 @dataclass(frozen=True)
@@ -790,9 +847,9 @@ def entrypoint() -> None:
     """``distilled3dgs-run``: a bad input or a failed stage ends with a message saying what to do, not a traceback."""
     try:
         main()
-    except (RunSetupError, PresetError, StageFailed) as error:
+    except (UserError, PresetError) as error:
         print(f"distilled3dgs-run: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_EXIT)
     except KeyboardInterrupt:
         print("distilled3dgs-run: interrupted; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)

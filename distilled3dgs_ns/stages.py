@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distilled3dgs_ns.errors import UserError
 
-class RunSetupError(RuntimeError):
+
+class RunSetupError(UserError):
     """A problem with the user's input or the output folder; the message says what to do."""
 
 
@@ -55,10 +57,11 @@ class StageBook:
                 f"the record of stage '{name}' ({path}) is not valid JSON ({error}); delete it to run the stage again"
             ) from error
 
-    def check(self, name: str, expected: str) -> dict[str, Any] | None:
-        """The record if ``name`` finished with fingerprint ``expected``; None if unfinished; an error if different."""
+    def check(self, name: str, expected: str, also: str | None = None) -> dict[str, Any] | None:
+        """The record if ``name`` finished with fingerprint ``expected`` (or ``also``, the form an older version
+        recorded); None if unfinished; an error if different."""
         record = self.get(name)
-        if record is not None and record.get("fingerprint") != expected:
+        if record is not None and record.get("fingerprint") not in (expected, also):
             raise RunSetupError(
                 f"stage '{name}' in {self.folder.parent} was finished with other settings than this command's. "
                 f"Re-run with the original settings, pass --redo {name} to run it (and what depends on it) again, "

@@ -174,6 +174,77 @@ def test_a_bad_option_fails_before_any_training(tmp_path, monkeypatch):
     assert not started
 
 
+class FakeNsTrain:
+    """Stands in for an ns-train that writes a checkpoint at step 49, then crashes (exit 1)."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, command: list[str], **_: object) -> None:
+        FakeNsTrain.commands.append(command)
+        output = Path(command[command.index("--output-dir") + 1])
+        stage = command[command.index("--experiment-name") + 1]
+        models = output / stage / command[1] / "run" / "nerfstudio_models"
+        models.mkdir(parents=True, exist_ok=True)
+        (models / "step-000000049.ckpt").write_text("checkpoint")
+        self.stdout = iter(["49 (25.0%)\n"])
+
+    def wait(self) -> int:
+        return 1
+
+
+def interrupted_teacher(tmp_path: Path, monkeypatch, save_every: int = 50) -> tuple[Training, Path]:
+    """A teacher training interrupted after its step-49 checkpoint, as a crash or Ctrl-C leaves it."""
+    FakeNsTrain.commands = []
+    monkeypatch.setattr(run_module.subprocess, "Popen", FakeNsTrain)
+    runs = tmp_path / "out" / "runs"
+    training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=200, options=["--x", "1"])
+    config = RunConfig(data=tmp_path, device_type="cpu", save_every=save_every)
+    with pytest.raises(run_module.StageFailed):
+        run_module.run_training(training, config, tmp_path, runs, {}, lambda step: None)
+    return training, runs
+
+
+def resume_again(training: Training, config: RunConfig, data: Path, runs: Path) -> list[str]:
+    """Re-run the training (the fake crashes again); the command it started."""
+    steps: list[int] = []
+    with pytest.raises(run_module.StageFailed):
+        run_module.run_training(training, config, data, runs, {}, steps.append)
+    assert steps == [49]  # ns-train counts from the loaded step: the progress bar must not add it again
+    return FakeNsTrain.commands[-1]
+
+
+def test_changing_save_every_resumes_an_interrupted_training(tmp_path, monkeypatch):
+    training, runs = interrupted_teacher(tmp_path, monkeypatch, save_every=50)
+    command = resume_again(training, RunConfig(data=tmp_path, device_type="cpu", save_every=100), tmp_path, runs)
+    assert "--load-dir" in command and command[command.index("--max-num-iterations") + 1] == "150"
+    assert training.latest_checkpoint_step(runs) == 49
+
+
+def test_an_interrupted_training_with_other_settings_is_refused_not_deleted(tmp_path, monkeypatch):
+    training, runs = interrupted_teacher(tmp_path, monkeypatch)
+    changed = Training(stage=training.stage, method=training.method, steps=200, options=["--x", "2"])
+    with pytest.raises(RunSetupError, match="interrupted at step 49 .*--redo teacher-standard"):
+        run_module.run_training(changed, RunConfig(data=tmp_path, device_type="cpu"), tmp_path, runs, {}, print)
+    assert training.latest_checkpoint_step(runs) == 49 and len(FakeNsTrain.commands) == 1
+
+    run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out"), log=lambda _: None)
+    run.forget(["teacher-standard"])  # --redo: now it trains afresh
+    assert training.latest_checkpoint_step(runs) is None
+    assert not (runs / "teacher-standard.attempts.json").exists()
+    with pytest.raises(RunSetupError, match="--redo tacher-standard: no such stage"):
+        run.forget(["tacher-standard"])
+
+
+def test_a_moved_run_folder_resumes_its_interrupted_training(tmp_path, monkeypatch):
+    training, runs = interrupted_teacher(tmp_path, monkeypatch)
+    (tmp_path / "out").rename(tmp_path / "moved")
+    moved = tmp_path / "moved" / "runs"
+    command = resume_again(training, RunConfig(data=tmp_path, device_type="cpu"), tmp_path, moved)
+    assert command[command.index("--load-dir") + 1] == str(training.folder(moved) / "nerfstudio_models")
+    attempts = json.loads((moved / "teacher-standard.attempts.json").read_text())
+    assert len(attempts["seconds"]) == 2  # both attempts count towards the training time
+
+
 # --------------------------------------------------------------------------------------------------- input checks
 
 
@@ -337,3 +408,17 @@ def test_bad_data_on_the_command_line_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert "distilled3dgs-run: --data" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_diverged_training_fails_its_stage_with_ns_trains_one_line(tmp_path, monkeypatch):
+    class Diverging(FakeNsTrain):
+        def __init__(self, command: list[str], **kwargs: object) -> None:
+            super().__init__(command, **kwargs)
+            self.stdout = iter(
+                ["12 (6.0%)\n", "ns-train: step 12: training diverged, non-finite Gaussians (9 of 90 means)\n"]
+            )
+
+    monkeypatch.setattr(run_module.subprocess, "Popen", Diverging)
+    training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=200, options=[])
+    with pytest.raises(run_module.StageFailed, match=r"^teacher-standard: step 12: training diverged.*--redo teacher"):
+        run_module.run_training(training, RunConfig(data=tmp_path), tmp_path, tmp_path / "runs", {}, print)
