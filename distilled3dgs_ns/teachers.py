@@ -153,15 +153,10 @@ def load_teacher(config_path: Path | str, device: torch.device | str) -> Teacher
         state = torch.load(checkpoint, map_location="cpu")
     except Exception as err:  # torch raises many types for a corrupt or foreign file
         raise TeacherLoadError(checkpoint, f"unreadable checkpoint ({err})", "retrain or re-copy the teacher") from err
-    prefix = "_model.gauss_params."
-    gaussians = {
-        key.removeprefix("module.").removeprefix("_model."): value
-        for key, value in state.get("pipeline", {}).items()
-        if key.removeprefix("module.").startswith(prefix)
-    }
-    if "gauss_params.means" not in gaussians:
+    gaussians = gaussian_state(state.get("pipeline", {}))
+    if "means" not in gaussians:
         raise TeacherLoadError(checkpoint, "holds no Gaussians (gauss_params.*)", train_fix)
-    check_finite(gaussian_state(state["pipeline"]), f"teacher {checkpoint}")
+    check_finite(gaussians, f"teacher {checkpoint}")
 
     trained_background = model_config.background_color
     model_config = dataclasses.replace(
@@ -169,7 +164,8 @@ def load_teacher(config_path: Path | str, device: torch.device | str) -> Teacher
     )
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
     model = model_config.setup(scene_box=scene_box, num_train_data=1, metadata={}, device=device)
-    model.load_state_dict(gaussians, strict=False)  # splatfacto resizes gauss_params to the checkpoint's count
+    # splatfacto resizes gauss_params to the checkpoint's count
+    model.load_state_dict({f"gauss_params.{name}": value for name, value in gaussians.items()}, strict=False)
     model.eval().requires_grad_(False).to(device)
     return Teacher(
         config_path=path,
