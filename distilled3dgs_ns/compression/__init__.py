@@ -1,5 +1,5 @@
 """Compact storage of a trained splat: fp16 attributes, K-means VQ of the least significant SH coefficients
-(LightGaussian), a checked binary format, and its decoding to a standard 3DGS PLY."""
+(LightGaussian), a checked binary format, its decoding to a standard 3DGS PLY, and SPZ for the viewers."""
 
 from distilled3dgs_ns.compression.codebook import Codebook, default_codebook_size, nearest_codes, train_codebook
 from distilled3dgs_ns.compression.compact_format import (
@@ -13,8 +13,9 @@ from distilled3dgs_ns.compression.compact_format import (
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, pack, visible_mask
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
-from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params
+from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params, read_gaussians
 from distilled3dgs_ns.compression.ply import ply_properties, write_ply
+from distilled3dgs_ns.compression.spz import read_spz, write_spz
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,9 +36,12 @@ __all__ = [
     "pack",
     "ply_properties",
     "read_compact",
+    "read_gaussians",
     "read_header",
+    "read_spz",
     "train_codebook",
     "visible_mask",
     "write_compact",
     "write_ply",
+    "write_spz",
 ]

@@ -1,5 +1,6 @@
-"""``distilled3dgs-export``: write a trained splat as a compact file, decode one to a standard 3DGS PLY, or show
-what one holds. Bad input ends with one line saying what is wrong and what to do, and exit status 2."""
+"""``distilled3dgs-export``: write a trained splat as a compact file, save it in a format viewers open (SPZ, PLY),
+decode a compact file to a standard 3DGS PLY, or show what one holds.
+Bad input ends with one line saying what is wrong and what to do, and exit status 2."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 from nerfstudio.models.splatfacto import SplatfactoModel
+from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
 from rich.table import Table
 
 from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
+from distilled3dgs_ns.compression.model_io import gaussians_of, read_gaussians
 from distilled3dgs_ns.compression.ply import write_ply
+from distilled3dgs_ns.compression.spz import write_spz
 from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 
 CONSOLE = Console(width=120)
@@ -26,6 +30,14 @@ ERRORS = Console(width=120, stderr=True)
 
 class UsageError(UserError):
     """A problem with the command line's input; the message says what to do."""
+
+
+def splat_pipeline(config: Path, data: Path | None, mode: Literal["test", "inference"]) -> Pipeline:
+    """The trained pipeline of ``config``, refused in one line unless its model is a Gaussian splat."""
+    pipeline = load_pipeline(config, data, mode)
+    if not isinstance(pipeline.model, SplatfactoModel):
+        raise UsageError(f"{config}: a {type(pipeline.model).__name__}, not a Gaussian splatting model")
+    return pipeline
 
 
 @dataclass(kw_only=True)
@@ -42,9 +54,7 @@ class Compact(CompactOptions):
     """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
 
     def main(self) -> None:
-        pipeline = load_pipeline(self.load_config, self.data, "test" if self.finetune.steps > 0 else "inference")
-        if not isinstance(pipeline.model, SplatfactoModel):
-            raise UsageError(f"{self.load_config}: a {type(pipeline.model).__name__}, not a Gaussian splatting model")
+        pipeline = splat_pipeline(self.load_config, self.data, "test" if self.finetune.steps > 0 else "inference")
         figures = export_compact(pipeline, None, self.output, self, source=str(self.load_config))
         table = Table(title=f"{self.output}", show_header=False)
         rows = [
@@ -63,6 +73,47 @@ class Compact(CompactOptions):
         for row in rows:
             table.add_row(*row)
         CONSOLE.print(table)
+
+
+SAVE_WRITERS = {".spz": write_spz, ".ply": write_ply}
+"""File suffix -> writer of ``distilled3dgs-export save``."""
+
+
+@dataclass
+class Save:
+    """Save a trained splat (teacher or student config.yml, or a compact file) in a format the splat viewers open:
+    ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian, read by SuperSplat, PlayCanvas, Spark and glTF tools) or
+    ``.ply`` (the standard float32 3DGS PLY). The format follows the suffix of --output. Positions stay in
+    nerfstudio's frame, as ns-export writes them."""
+
+    output: Path
+    """The file to write: scene.spz or scene.ply."""
+    load_config: Path | None = None
+    """config.yml of the trained model (or give --input)."""
+    input: Path | None = None
+    """A compact or SPZ file to convert instead of a trained model."""
+    data: Path | None = None
+    """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
+
+    def main(self) -> None:
+        writer = SAVE_WRITERS.get(self.output.suffix.lower())
+        if writer is None:
+            raise UsageError(f"--output {self.output}: unknown format; end it in {' or '.join(SAVE_WRITERS)}")
+        if (self.load_config is None) == (self.input is None):
+            raise UsageError("give one of --load-config (a trained model's config.yml) or --input (a compact file)")
+        if self.input is not None:
+            if self.output.resolve() == self.input.resolve():
+                raise UsageError(f"--output {self.output} is the input itself; choose another name")
+            gaussians = read_gaussians(self.input)
+        else:
+            gaussians = gaussians_of(splat_pipeline(self.load_config, self.data, "inference").model)
+        size = writer(self.output, gaussians)
+        ratio = float32_ply_bytes(gaussians.num_gaussians, gaussians.sh_degree) / size
+        CONSOLE.print(
+            f"Wrote {self.output} ({gaussians.num_gaussians} Gaussians, {size / 1e6:.3f} MB, "
+            f"{size / max(gaussians.num_gaussians, 1):.1f} bytes per Gaussian"
+            + (")" if writer is write_ply else f", {ratio:.1f}x smaller than its PLY)")
+        )
 
 
 @dataclass
@@ -108,6 +159,7 @@ class Info:
 
 Commands = tyro.conf.FlagConversionOff[
     Annotated[Compact, tyro.conf.subcommand(name="compact")]
+    | Annotated[Save, tyro.conf.subcommand(name="save")]
     | Annotated[Decode, tyro.conf.subcommand(name="decode")]
     | Annotated[Info, tyro.conf.subcommand(name="info")]
 ]

@@ -1,13 +1,17 @@
-"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact file."""
+"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact or
+SPZ file."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from nerfstudio.models.splatfacto import SplatfactoModel
 from torch import Tensor
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.compression.compact_format import CompactGaussians, read_compact
 from distilled3dgs_ns.compression.encode import visible_mask
+from distilled3dgs_ns.compression.spz import read_spz
 from distilled3dgs_ns.portable_splatfacto import GAUSSIAN_PARAM_NAMES
 
 
@@ -53,3 +57,8 @@ def gaussians_of(model: SplatfactoModel, drop_invisible: bool = True) -> Compact
         codebook=params["features_rest"].new_zeros(0, *params["features_rest"].shape[1:]),
         indices=torch.zeros(0, dtype=torch.long, device=device),
     )
+
+
+def read_gaussians(path: Path) -> CompactGaussians:
+    """The Gaussians of a file that a model can render: SPZ by its ``.spz`` suffix, else our compact file."""
+    return read_spz(path) if Path(path).suffix.lower() == ".spz" else read_compact(path)

@@ -1,0 +1,172 @@
+"""Niantic's SPZ file (version 3: one gzip stream, smallest-three quaternions), the compression behind glTF's
+``KHR_gaussian_splatting``: web and phone viewers open it, our ``.compact`` only our decoder does.
+
+Written from the format's reference description (nianticlabs/spz): positions as 24-bit fixed point with 12
+fractional bits, log scales as ``(s + 10) * 16`` in a byte, opacity after the sigmoid in a byte, the SH DC as a
+"wide" colour ``dc * 0.15 + 0.5`` in a byte, SH degree 1 rounded to 5 significant bits and higher bands to 4 (the
+reference encoder's defaults: the zeroed low bits are what gzip then squeezes). SPZ stores the RUB frame; a 3DGS PLY
+is read as RDF, so y and z are negated (positions, quaternions and the SH coefficients that change sign), exactly
+as the reference and PlayCanvas' splat-transform convert our PLY. ``read_spz`` undoes all of it, for round trips.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from nerfstudio.models.splatfacto import RGB2SH, SH2RGB
+
+from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.errors import UserError
+from distilled3dgs_ns.rasterization.sh import sh_bases
+
+MAGIC = 0x5053474E  # "NGSP"
+VERSION = 3
+FRACTIONAL_BITS = 12
+COLOR_SCALE = 0.15
+SH1_BITS = 5
+SH_REST_BITS = 4
+_HEADER = struct.Struct("<IIIBBBB")
+_FLIP = np.array([1.0, -1.0, -1.0])
+"""RDF (the PLY's frame) -> RUB (SPZ's): a half turn about x."""
+
+
+class SpzError(UserError):
+    """An SPZ file that cannot be written or read; the message names the file."""
+
+
+@cache
+def sh_flip_signs(degree: int) -> tuple[float, ...]:
+    """Sign of each SH rest coefficient under the y/z flip: every real SH basis is even or odd in it."""
+    count = (degree + 1) ** 2
+    direction = torch.tensor([[0.36, 0.48, 0.8]], dtype=torch.float64)  # no basis vanishes here
+    here, flipped = sh_bases(count, direction)[0], sh_bases(count, direction * torch.from_numpy(_FLIP))[0]
+    return tuple(float(s) for s in torch.sign(here * flipped)[1:])
+
+
+def _quantise_sh(values: np.ndarray, bits: int) -> np.ndarray:
+    bucket = 1 << (8 - bits)
+    q = np.round(values * 128.0) + 128.0
+    return np.clip((q + bucket // 2) // bucket * bucket, 0, 255).astype(np.uint8)
+
+
+def _pack_quats(quats_wxyz: np.ndarray) -> np.ndarray:
+    """Smallest three: the index of the largest |component| in 2 bits, the others as sign + 9 bits of |q|/sqrt(1/2)."""
+    q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
+    q = q[:, [1, 2, 3, 0]]  # SPZ orders xyzw
+    largest = np.abs(q).argmax(axis=1)
+    negate = q[np.arange(len(q)), largest] < 0
+    packed = largest.astype(np.uint32)
+    for i in range(4):
+        skip = largest == i
+        sign = ((q[:, i] < 0) ^ negate).astype(np.uint32)
+        magnitude = np.floor(511.0 * np.abs(q[:, i]) / np.sqrt(0.5) + 0.5).astype(np.uint32)
+        packed = np.where(skip, packed, (packed << 10) | (sign << 9) | magnitude)
+    return packed.astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _unpack_quats(data: np.ndarray) -> np.ndarray:
+    packed = data.reshape(-1, 4).copy().view("<u4").reshape(-1).astype(np.uint32)
+    largest = packed >> 30
+    q = np.zeros((len(packed), 4))
+    for i in (3, 2, 1, 0):
+        skip = largest == i
+        magnitude = (packed & 511) / 511.0 * np.sqrt(0.5)
+        value = np.where((packed >> 9) & 1 == 1, -magnitude, magnitude)
+        q[:, i] = np.where(skip, 0.0, value)
+        packed = np.where(skip, packed, packed >> 10)
+    rows = np.arange(len(q))
+    q[rows, largest] = np.sqrt(np.clip(1.0 - (q**2).sum(axis=1), 0.0, None))
+    return q[:, [3, 0, 1, 2]]  # back to wxyz
+
+
+def spz_bytes(gaussians: CompactGaussians) -> bytes:
+    """The whole SPZ file (gzip stream) for the Gaussians."""
+    g = gaussians
+    n = g.num_gaussians
+    means = g.means.detach().double().cpu().numpy() * _FLIP
+    limit = 2 ** (23 - FRACTIONAL_BITS)
+    if n and np.abs(means).max() >= limit:
+        raise SpzError(f"positions reach {np.abs(means).max():.0f}; SPZ holds |x| < {limit} (24-bit fixed point)")
+    fixed = (np.round(means * (1 << FRACTIONAL_BITS)).astype(np.int64) & 0xFFFFFF).astype("<u4")
+    positions = fixed.view(np.uint8).reshape(n, 3, 4)[:, :, :3]
+    alphas = np.clip(np.round(torch.sigmoid(g.opacities).reshape(n).detach().cpu().numpy() * 255.0), 0, 255)
+    dc = g.features_dc if g.sh_degree > 0 else RGB2SH(torch.sigmoid(g.features_dc))
+    colors = np.clip(np.round(dc.detach().cpu().numpy() * (COLOR_SCALE * 255.0) + 127.5), 0, 255)
+    scales = np.clip(np.round((g.scales.detach().cpu().numpy() + 10.0) * 16.0), 0, 255)
+    quats = g.quats.detach().double().cpu().numpy() * np.array([1.0, 1.0, -1.0, -1.0])
+    parts = [positions, alphas.astype(np.uint8), colors.astype(np.uint8), scales.astype(np.uint8), _pack_quats(quats)]
+    if g.sh_degree > 0:
+        rest = g.features_rest.detach().double().cpu().numpy() * np.array(sh_flip_signs(g.sh_degree))[:, None]
+        sh = np.concatenate([_quantise_sh(rest[:, :3], SH1_BITS), _quantise_sh(rest[:, 3:], SH_REST_BITS)], axis=1)
+        parts.append(sh)  # per Gaussian: coefficient-major, channels inner
+    header = _HEADER.pack(MAGIC, VERSION, n, g.sh_degree, FRACTIONAL_BITS, 0, 0)
+    payload = header + b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
+    return gzip.compress(payload, compresslevel=9, mtime=0)
+
+
+def write_spz(path: Path | str, gaussians: CompactGaussians) -> int:
+    """Write the Gaussians as an SPZ file; returns its size in bytes."""
+    data = spz_bytes(gaussians)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return len(data)
+
+
+def read_spz(path: Path | str) -> CompactGaussians:
+    """The Gaussians of an SPZ file (versions 2 and 3), back in the PLY's frame and splatfacto's parametrisation."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as error:
+        raise SpzError(f"{path}: not a readable SPZ file ({error}); write it again") from error
+    if len(raw) < _HEADER.size:
+        raise SpzError(f"{path}: too short for an SPZ header; write it again")
+    magic, version, n, degree, fractional_bits, _, _ = _HEADER.unpack_from(raw)
+    if magic != MAGIC or version not in (2, 3) or degree > 3:
+        raise SpzError(f"{path}: not an SPZ file of version 2 or 3 with SH degree <= 3 (magic {magic:#x}, v{version})")
+    rest_count = (degree + 1) ** 2 - 1
+    quat_bytes = 4 if version >= 3 else 3
+    sizes = {"positions": 9, "alphas": 1, "colors": 3, "scales": 3, "rotations": quat_bytes, "sh": rest_count * 3}
+    if len(raw) != _HEADER.size + n * sum(sizes.values()):
+        raise SpzError(f"{path}: {len(raw)} bytes do not hold {n} Gaussians of SH degree {degree}; write it again")
+    offset, parts = _HEADER.size, {}
+    for name, size in sizes.items():
+        parts[name] = np.frombuffer(raw, np.uint8, n * size, offset).reshape(n, size)
+        offset += n * size
+    return _decode(parts, n, degree, version, fractional_bits)
+
+
+def _decode(parts: dict[str, np.ndarray], n: int, degree: int, version: int, fractional_bits: int) -> CompactGaussians:
+    p = parts["positions"].reshape(n, 3, 3).astype(np.int64)
+    fixed = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+    fixed = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed)
+    means = fixed / float(1 << fractional_bits) * _FLIP
+    if version >= 3:
+        quats = _unpack_quats(parts["rotations"])
+    else:  # first three of xyzw, w recovered as positive
+        xyz = parts["rotations"] / 127.5 - 1.0
+        quats = np.concatenate([np.sqrt(np.clip(1.0 - (xyz**2).sum(axis=1, keepdims=True), 0, None)), xyz], axis=1)
+    quats = quats * np.array([1.0, 1.0, -1.0, -1.0])
+    dc = torch.from_numpy((parts["colors"] / 255.0 - 0.5) / COLOR_SCALE).float()
+    rest = np.zeros((n, (degree + 1) ** 2 - 1, 3))
+    if degree > 0:
+        rest = (parts["sh"].reshape(n, -1, 3) - 128.0) / 128.0 * np.array(sh_flip_signs(degree))[:, None]
+    alphas = np.clip(parts["alphas"].reshape(n, 1) / 255.0, 1e-6, 1 - 1e-6)
+    return CompactGaussians(
+        means=torch.from_numpy(means).float(),
+        scales=torch.from_numpy(parts["scales"] / 16.0 - 10.0).float(),
+        quats=torch.from_numpy(quats).float(),
+        opacities=torch.logit(torch.from_numpy(alphas)).float(),
+        features_dc=dc if degree > 0 else torch.logit(SH2RGB(dc).clamp(1e-4, 1 - 1e-4)),
+        features_rest=torch.from_numpy(rest).float(),
+        sh_degree=degree,
+        vq_mask=torch.zeros(n, dtype=torch.bool),
+        codebook=torch.zeros(0, (degree + 1) ** 2 - 1, 3),
+        indices=torch.zeros(0, dtype=torch.long),
+    )

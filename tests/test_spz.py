@@ -1,0 +1,130 @@
+"""SPZ export: quantisation bounds, the RDF -> RUB flip, the byte layout, an independent reader (PlayCanvas'
+splat-transform, when installed), and the ``distilled3dgs-export save`` command."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from helpers import look_at_camera
+from test_compression import _model
+
+from distilled3dgs_ns.compression.cli import entrypoint
+from distilled3dgs_ns.compression.compact_format import write_compact
+from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
+from distilled3dgs_ns.compression.spz import read_spz, sh_flip_signs, write_spz
+from distilled3dgs_ns.rasterization.sh import sh_bases
+
+SPLAT_TRANSFORM = os.environ.get("SPLAT_TRANSFORM") or shutil.which("splat-transform")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(sh_degree=3, num_points=300)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_flip_signs_keep_the_colour_of_every_direction(degree):
+    generator = torch.Generator().manual_seed(degree)
+    count = (degree + 1) ** 2
+    coeffs = torch.randn(count, generator=generator, dtype=torch.float64)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=generator, dtype=torch.float64), dim=-1)
+    flipped = dirs * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
+    signs = torch.tensor((1.0, *sh_flip_signs(degree)), dtype=torch.float64)
+    before = sh_bases(count, dirs) @ coeffs
+    after = sh_bases(count, flipped) @ (coeffs * signs)
+    assert torch.allclose(before, after, atol=1e-12)
+    assert -1.0 in sh_flip_signs(degree) and 1.0 in sh_flip_signs(degree)
+
+
+def test_round_trip_is_within_the_formats_quantisation(model, tmp_path):
+    g = gaussians_of(model)
+    size = write_spz(tmp_path / "scene.spz", g)
+    back = read_spz(tmp_path / "scene.spz")
+    assert size == (tmp_path / "scene.spz").stat().st_size and back.num_gaussians == g.num_gaussians
+    assert (back.means - g.means).abs().max() <= 0.5 / 4096 + 1e-6
+    unit = torch.nn.functional.normalize(g.quats, dim=-1)
+    assert (unit * back.quats).sum(-1).abs().min() > 0.999
+    inside = (g.scales > -10) & (g.scales < 5.9)
+    assert (back.scales - g.scales)[inside].abs().max() <= 0.5 / 16 + 1e-6
+    alpha, alpha_back = torch.sigmoid(g.opacities), torch.sigmoid(back.opacities)
+    assert (alpha - alpha_back).abs().max() <= 0.5 / 255 + 1e-5
+    assert (back.features_dc - g.features_dc).abs().max() <= 0.5 / (0.15 * 255) + 1e-5
+    rest_error = (back.features_rest - g.features_rest).abs()
+    rest_error[g.features_rest.abs() > 0.9] = 0.0  # SPZ clips SH coefficients to [-1, 1)
+    assert rest_error[:, :3].max() <= 4.5 / 128 + 1e-5  # 5 bits: buckets of 8 steps
+    assert rest_error[:, 3:].max() <= 8.5 / 128 + 1e-5  # 4 bits: buckets of 16 steps
+    assert rest_error[:, 3:].max() > 4.5 / 128  # the higher bands really are coarser
+
+
+def test_bytes_follow_the_reference_layout_in_rub(model, tmp_path):
+    g = gaussians_of(model)
+    write_spz(tmp_path / "scene.spz", g)
+    raw = gzip.decompress((tmp_path / "scene.spz").read_bytes())
+    magic, version, n, degree, fractional_bits, flags, _ = struct.unpack_from("<IIIBBBB", raw)
+    assert (magic, version, n, degree, fractional_bits, flags) == (0x5053474E, 3, g.num_gaussians, 3, 12, 0)
+    assert len(raw) == 16 + n * (9 + 1 + 3 + 3 + 4 + 45)
+    first = np.frombuffer(raw, np.uint8, 9, 16).reshape(3, 3).astype(np.int64)
+    fixed = first[:, 0] | (first[:, 1] << 8) | (first[:, 2] << 16)
+    fixed = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed) / 4096
+    expected = g.means[0].double().numpy() * np.array([1.0, -1.0, -1.0])
+    assert np.abs(fixed - expected).max() <= 0.5 / 4096 + 1e-6
+
+
+def test_decoded_scene_renders_like_the_model(model, tmp_path):
+    camera = look_at_camera((2.0, 0.5, 1.0), size=32)
+    with torch.no_grad():
+        reference = model.get_outputs_for_camera(camera)["rgb"]
+        write_spz(tmp_path / "scene.spz", gaussians_of(model))
+        apply_to_model(model, read_spz(tmp_path / "scene.spz"))
+        decoded = model.get_outputs_for_camera(camera)["rgb"]
+    psnr = -10 * torch.log10(((reference - decoded) ** 2).mean())
+    assert psnr > 30.0
+
+
+@pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
+def test_splat_transform_reads_our_file(tmp_path):
+    from plyfile import PlyData
+
+    g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
+    write_spz(tmp_path / "scene.spz", g)
+    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(tmp_path / "scene.spz"), str(tmp_path / "back.ply")], check=True)
+    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    ours = read_spz(tmp_path / "scene.spz")
+    assert len(vertex) == g.num_gaussians
+    positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
+    assert np.abs(positions - g.means.numpy()).max() <= 0.5 / 4096 + 1e-5
+    rest = np.stack([np.asarray(vertex[f"f_rest_{i}"]) for i in range(45)], axis=1).reshape(-1, 3, 15)
+    assert np.abs(rest.transpose(0, 2, 1) - ours.features_rest.numpy()).max() < 1e-5
+    quats = np.stack([np.asarray(vertex[f"rot_{i}"]) for i in range(4)], axis=1)
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    assert np.abs((quats * ours.quats.numpy()).sum(axis=1)).min() > 0.9999
+
+
+def test_save_command_converts_a_compact_file_and_refuses_bad_input(model, tmp_path, capsys):
+    write_compact(tmp_path / "scene.compact", gaussians_of(model))
+    entrypoint(["save", "--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "scene.spz")])
+    assert read_spz(tmp_path / "scene.spz").num_gaussians == gaussians_of(model).num_gaussians
+    for args in (
+        ["--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "scene.glb")],
+        ["--output", str(tmp_path / "x.spz")],
+        ["--input", str(tmp_path / "scene.spz"), "--output", str(tmp_path / "scene.spz")],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint(["save", *args])
+        assert exit_info.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_truncated_spz_is_named(model, tmp_path):
+    write_spz(tmp_path / "scene.spz", gaussians_of(model))
+    data = gzip.decompress((tmp_path / "scene.spz").read_bytes())
+    (tmp_path / "cut.spz").write_bytes(gzip.compress(data[:-7]))
+    with pytest.raises(Exception, match="cut.spz"):
+        read_spz(tmp_path / "cut.spz")
