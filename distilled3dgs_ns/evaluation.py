@@ -112,8 +112,8 @@ class EvalCommand:
     load_config: Path
     """config.yml of the trained model (teacher or student)."""
     compact: Path | None = None
-    """A file written by ``distilled3dgs-export compact`` or an SPZ file (``distilled3dgs-export save``): evaluate
-    it instead of the checkpoint's Gaussians."""
+    """A file written by ``distilled3dgs-export compact``, or an SPZ or .splat file (``distilled3dgs-export
+    save``): evaluate it instead of the checkpoint's Gaussians."""
     output_path: Path | None = None
     """Write the figures as JSON here (as well as printing them)."""
     max_views: int | None = None
@@ -127,7 +127,7 @@ class EvalCommand:
         if self.compact is not None:
             from distilled3dgs_ns.compression import apply_to_model, read_gaussians
 
-            apply_to_model(pipeline.model, read_gaussians(self.compact))
+            apply_to_model(pipeline.model, read_gaussians(self.compact, pipeline.model.config.sh_degree))
             source = str(self.compact)
         result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats)
         figures: dict[str, Any] = {"source": source, **result.figures}

@@ -1,4 +1,4 @@
-"""SPZ export: quantisation bounds, the RDF -> RUB flip, the byte layout, an independent reader (PlayCanvas'
+"""SPZ and .splat export: quantisation bounds, the RDF -> RUB flip, the byte layout, an independent reader (PlayCanvas'
 splat-transform, when installed), and the ``distilled3dgs-export save`` command."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from test_compression import _model
 from distilled3dgs_ns.compression.cli import entrypoint
 from distilled3dgs_ns.compression.compact_format import write_compact
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
+from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, sh_flip_signs, write_spz
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
@@ -128,3 +129,34 @@ def test_truncated_spz_is_named(model, tmp_path):
     (tmp_path / "cut.spz").write_bytes(gzip.compress(data[:-7]))
     with pytest.raises(Exception, match="cut.spz"):
         read_spz(tmp_path / "cut.spz")
+
+
+def test_splat_round_trip_drops_only_the_sh_rest(model, tmp_path):
+    g = gaussians_of(model)
+    assert write_splat(tmp_path / "scene.splat", g) == 32 * g.num_gaussians
+    back = read_splat(tmp_path / "scene.splat", sh_degree=3)
+    order = torch.argsort(-(g.scales.sum(-1).exp() * torch.sigmoid(g.opacities).view(-1)), stable=True)
+    assert torch.equal(back.means, g.means[order]) and torch.allclose(back.scales, g.scales[order], atol=1e-5)
+    unit = torch.nn.functional.normalize(g.quats[order], dim=-1)
+    assert (unit * back.quats).sum(-1).abs().min() > 0.999
+    alpha = torch.sigmoid(g.opacities[order])
+    assert (torch.sigmoid(back.opacities) - alpha).abs().max() <= 0.5 / 255 + 1e-4
+    assert back.features_rest.abs().max() == 0 and back.sh_degree == 3
+
+
+@pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
+def test_splat_transform_reads_our_splat_file(tmp_path):
+    from plyfile import PlyData
+
+    g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
+    write_splat(tmp_path / "scene.splat", g)
+    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(tmp_path / "scene.splat"), str(tmp_path / "back.ply")], check=True)
+    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    ours = read_splat(tmp_path / "scene.splat", sh_degree=0)
+    assert len(vertex) == g.num_gaussians
+    positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
+    assert np.array_equal(positions, ours.means.numpy())
+    scales = np.stack([np.asarray(vertex[f"scale_{i}"]) for i in range(3)], axis=1)
+    assert np.abs(scales - ours.scales.numpy()).max() < 1e-5
+    alpha = torch.sigmoid(torch.from_numpy(np.asarray(vertex["opacity"]).copy()))
+    assert (alpha - torch.sigmoid(ours.opacities).view(-1)).abs().max() < 1e-3

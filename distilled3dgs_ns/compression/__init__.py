@@ -15,6 +15,7 @@ from distilled3dgs_ns.compression.export import CompactOptions, export_compact
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params, read_gaussians
 from distilled3dgs_ns.compression.ply import ply_properties, write_ply
+from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, write_spz
 
 __all__ = [
@@ -38,10 +39,12 @@ __all__ = [
     "read_compact",
     "read_gaussians",
     "read_header",
+    "read_splat",
     "read_spz",
     "train_codebook",
     "visible_mask",
     "write_compact",
     "write_ply",
+    "write_splat",
     "write_spz",
 ]

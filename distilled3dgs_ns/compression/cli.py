@@ -21,6 +21,7 @@ from distilled3dgs_ns.compression.compact_format import read_compact, read_heade
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
 from distilled3dgs_ns.compression.model_io import gaussians_of, read_gaussians
 from distilled3dgs_ns.compression.ply import write_ply
+from distilled3dgs_ns.compression.splat import write_splat
 from distilled3dgs_ns.compression.spz import write_spz
 from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 
@@ -75,23 +76,23 @@ class Compact(CompactOptions):
         CONSOLE.print(table)
 
 
-SAVE_WRITERS = {".spz": write_spz, ".ply": write_ply}
+SAVE_WRITERS = {".spz": write_spz, ".splat": write_splat, ".ply": write_ply}
 """File suffix -> writer of ``distilled3dgs-export save``."""
 
 
 @dataclass
 class Save:
     """Save a trained splat (teacher or student config.yml, or a compact file) in a format the splat viewers open:
-    ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian, read by SuperSplat, PlayCanvas, Spark and glTF tools) or
-    ``.ply`` (the standard float32 3DGS PLY). The format follows the suffix of --output. Positions stay in
-    nerfstudio's frame, as ns-export writes them."""
+    ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian, read by SuperSplat, PlayCanvas, Spark and glTF tools),
+    ``.splat`` (antimatter15's, 32 bytes per Gaussian, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY).
+    The format follows the suffix of --output. Positions stay in nerfstudio's frame, as ns-export writes them."""
 
     output: Path
-    """The file to write: scene.spz or scene.ply."""
+    """The file to write: scene.spz, scene.splat or scene.ply."""
     load_config: Path | None = None
     """config.yml of the trained model (or give --input)."""
     input: Path | None = None
-    """A compact or SPZ file to convert instead of a trained model."""
+    """A compact, SPZ or .splat file to convert instead of a trained model."""
     data: Path | None = None
     """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
 

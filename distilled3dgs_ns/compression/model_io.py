@@ -11,6 +11,7 @@ from torch import Tensor
 
 from distilled3dgs_ns.compression.compact_format import CompactGaussians, read_compact
 from distilled3dgs_ns.compression.encode import visible_mask
+from distilled3dgs_ns.compression.splat import read_splat
 from distilled3dgs_ns.compression.spz import read_spz
 from distilled3dgs_ns.portable_splatfacto import GAUSSIAN_PARAM_NAMES
 
@@ -59,6 +60,10 @@ def gaussians_of(model: SplatfactoModel, drop_invisible: bool = True) -> Compact
     )
 
 
-def read_gaussians(path: Path) -> CompactGaussians:
-    """The Gaussians of a file that a model can render: SPZ by its ``.spz`` suffix, else our compact file."""
-    return read_spz(path) if Path(path).suffix.lower() == ".spz" else read_compact(path)
+def read_gaussians(path: Path, sh_degree: int = 0) -> CompactGaussians:
+    """The Gaussians of a file that a model can render, by suffix: ``.spz``, ``.splat`` (no SH rest: ``sh_degree``
+    bands of zeros, to fit the model), else our compact file."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".spz":
+        return read_spz(path)
+    return read_splat(path, sh_degree) if suffix == ".splat" else read_compact(path)
