@@ -25,6 +25,14 @@ from distilled3dgs_ns.rasterization.sh import sh_bases
 SPLAT_TRANSFORM = os.environ.get("SPLAT_TRANSFORM") or shutil.which("splat-transform")
 
 
+def _read_back(source, tmp_path):
+    """The vertices of ``source`` after splat-transform converted it to a PLY."""
+    from plyfile import PlyData
+
+    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(source), str(tmp_path / "back.ply")], check=True)
+    return PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+
+
 @pytest.fixture(scope="module")
 def model():
     return _model(sh_degree=3, num_points=300)
@@ -91,12 +99,9 @@ def test_decoded_scene_renders_like_the_model(model, tmp_path):
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_splat_transform_reads_our_file(tmp_path):
-    from plyfile import PlyData
-
     g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
     write_spz(tmp_path / "scene.spz", g)
-    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(tmp_path / "scene.spz"), str(tmp_path / "back.ply")], check=True)
-    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    vertex = _read_back(tmp_path / "scene.spz", tmp_path)
     ours = read_spz(tmp_path / "scene.spz")
     assert len(vertex) == g.num_gaussians
     positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
@@ -146,12 +151,9 @@ def test_splat_round_trip_drops_only_the_sh_rest(model, tmp_path):
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_splat_transform_reads_our_splat_file(tmp_path):
-    from plyfile import PlyData
-
     g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
     write_splat(tmp_path / "scene.splat", g)
-    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(tmp_path / "scene.splat"), str(tmp_path / "back.ply")], check=True)
-    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    vertex = _read_back(tmp_path / "scene.splat", tmp_path)
     ours = read_splat(tmp_path / "scene.splat", sh_degree=0)
     assert len(vertex) == g.num_gaussians
     positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)

@@ -1,5 +1,5 @@
-"""``distilled3dgs-export``: write a trained splat as a compact file, save it in a format viewers open (SPZ, PLY),
-decode a compact file to a standard 3DGS PLY, or show what one holds.
+"""``distilled3dgs-export``: write a trained splat as a compact file, save it in a format viewers open (SPZ,
+.splat, PLY), decode a compact file to a standard 3DGS PLY, or show what one holds.
 Bad input ends with one line saying what is wrong and what to do, and exit status 2."""
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class Save:
         if writer is None:
             raise UsageError(f"--output {self.output}: unknown format; end it in {' or '.join(SAVE_WRITERS)}")
         if (self.load_config is None) == (self.input is None):
-            raise UsageError("give one of --load-config (a trained model's config.yml) or --input (a compact file)")
+            raise UsageError(
+                "give one of --load-config (a trained model's config.yml) or --input (a compact, SPZ or .splat file)"
+            )
         if self.input is not None:
             if self.output.resolve() == self.input.resolve():
                 raise UsageError(f"--output {self.output} is the input itself; choose another name")

@@ -217,7 +217,12 @@ def write_compact(path: Path | str, gaussians: CompactGaussians, compression: Co
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
-    data = head + _CRC.pack(zlib.crc32(head)) + stored
+    return write_file(path, head + _CRC.pack(zlib.crc32(head)) + stored)
+
+
+def write_file(path: Path | str, data: bytes) -> int:
+    """Write ``data`` atomically (a half-written file never replaces a good one), making the folder; returns its
+    size. Every file writer of the package ends here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

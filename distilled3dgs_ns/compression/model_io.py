@@ -1,5 +1,5 @@
-"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact or
-SPZ file."""
+"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact,
+SPZ or .splat file."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from nerfstudio.models.splatfacto import RGB2SH, SH2RGB
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.compression.compact_format import CompactGaussians, write_file
 from distilled3dgs_ns.errors import UserError
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
@@ -111,11 +111,7 @@ def spz_bytes(gaussians: CompactGaussians) -> bytes:
 
 def write_spz(path: Path | str, gaussians: CompactGaussians) -> int:
     """Write the Gaussians as an SPZ file; returns its size in bytes."""
-    data = spz_bytes(gaussians)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return len(data)
+    return write_file(path, spz_bytes(gaussians))
 
 
 def read_spz(path: Path | str) -> CompactGaussians:
