@@ -112,8 +112,8 @@ class EvalCommand:
     load_config: Path
     """config.yml of the trained model (teacher or student)."""
     compact: Path | None = None
-    """A file written by ``distilled3dgs-export compact``, or an SPZ or .splat file (``distilled3dgs-export
-    save``): evaluate it instead of the checkpoint's Gaussians."""
+    """A file written by ``distilled3dgs-export compact``, or an SPZ, compressed PLY or .splat file
+    (``distilled3dgs-export save``): evaluate it instead of the checkpoint's Gaussians."""
     output_path: Path | None = None
     """Write the figures as JSON here (as well as printing them)."""
     max_views: int | None = None

@@ -1,5 +1,6 @@
 """Compact storage of a trained splat: fp16 attributes, K-means VQ of the least significant SH coefficients
-(LightGaussian), a checked binary format, its decoding to a standard 3DGS PLY, and SPZ for the viewers."""
+(LightGaussian), a checked binary format, its decoding to a standard 3DGS PLY, and the viewers'
+formats (SPZ, compressed PLY, .splat)."""
 
 from distilled3dgs_ns.compression.codebook import Codebook, default_codebook_size, nearest_codes, train_codebook
 from distilled3dgs_ns.compression.compact_format import (
@@ -10,15 +11,18 @@ from distilled3dgs_ns.compression.compact_format import (
     read_header,
     write_compact,
 )
+from distilled3dgs_ns.compression.compressed_ply import read_compressed_ply, write_compressed_ply
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, pack, visible_mask
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
-from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params, read_gaussians
+from distilled3dgs_ns.compression.formats import FORMATS, format_of, read_gaussians
+from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params
 from distilled3dgs_ns.compression.ply import ply_properties, write_ply
 from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, write_spz
 
 __all__ = [
+    "FORMATS",
     "FORMAT_VERSION",
     "Codebook",
     "CompactFormatError",
@@ -31,12 +35,14 @@ __all__ = [
     "encode_gaussians",
     "export_compact",
     "finetune_compact",
+    "format_of",
     "gaussians_of",
     "model_params",
     "nearest_codes",
     "pack",
     "ply_properties",
     "read_compact",
+    "read_compressed_ply",
     "read_gaussians",
     "read_header",
     "read_splat",
@@ -44,6 +50,7 @@ __all__ = [
     "train_codebook",
     "visible_mask",
     "write_compact",
+    "write_compressed_ply",
     "write_ply",
     "write_splat",
     "write_spz",

@@ -1,5 +1,5 @@
 """``distilled3dgs-export``: write a trained splat as a compact file, save it in a format viewers open (SPZ,
-.splat, PLY), decode a compact file to a standard 3DGS PLY, or show what one holds.
+compressed PLY, .splat, PLY), decode a compact file to a standard 3DGS PLY, or show what one holds.
 Bad input ends with one line saying what is wrong and what to do, and exit status 2."""
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from rich.table import Table
 from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
-from distilled3dgs_ns.compression.model_io import gaussians_of, read_gaussians
+from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians, suffixes
+from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
-from distilled3dgs_ns.compression.splat import write_splat
-from distilled3dgs_ns.compression.spz import write_spz
 from distilled3dgs_ns.errors import USAGE_EXIT, UserError
 
 CONSOLE = Console(width=120)
@@ -76,33 +75,32 @@ class Compact(CompactOptions):
         CONSOLE.print(table)
 
 
-SAVE_WRITERS = {".spz": write_spz, ".splat": write_splat, ".ply": write_ply}
-"""File suffix -> writer of ``distilled3dgs-export save``."""
-
-
 @dataclass
 class Save:
-    """Save a trained splat (teacher or student config.yml, or a compact file) in a format the splat viewers open:
-    ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian, read by SuperSplat, PlayCanvas, Spark and glTF tools),
-    ``.splat`` (antimatter15's, 32 bytes per Gaussian, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY).
-    The format follows the suffix of --output. Positions stay in nerfstudio's frame, as ns-export writes them."""
+    """Save a trained splat (teacher or student config.yml, or a compact or viewer file) in a format the splat
+    viewers open: ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian: SuperSplat, PlayCanvas, Spark, glTF tools),
+    ``.compressed.ply`` (PlayCanvas' compressed PLY: SuperSplat and most web viewers), ``.splat`` (antimatter15's,
+    32 bytes per Gaussian, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY). The format follows the
+    suffix of --output unless --format names it. Positions stay in nerfstudio's frame, as ns-export writes them."""
 
     output: Path
-    """The file to write: scene.spz, scene.splat or scene.ply."""
+    """The file to write: scene.spz, scene.compressed.ply, scene.splat or scene.ply."""
     load_config: Path | None = None
     """config.yml of the trained model (or give --input)."""
     input: Path | None = None
-    """A compact, SPZ or .splat file to convert instead of a trained model."""
+    """A compact, SPZ, compressed PLY or .splat file to convert instead of a trained model."""
+    format: FormatName | None = None
+    """The format to write; by default the one --output's suffix names."""
     data: Path | None = None
     """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
 
     def main(self) -> None:
-        writer = SAVE_WRITERS.get(self.output.suffix.lower())
-        if writer is None:
-            raise UsageError(f"--output {self.output}: unknown format; end it in {' or '.join(SAVE_WRITERS)}")
+        name = self.format or format_of(self.output)
+        if name is None:
+            raise UsageError(f"--output {self.output}: unknown format; end it in {suffixes()} or give --format")
         if (self.load_config is None) == (self.input is None):
             raise UsageError(
-                "give one of --load-config (a trained model's config.yml) or --input (a compact, SPZ or .splat file)"
+                "give one of --load-config (a trained model's config.yml) or --input (a compact or viewer file)"
             )
         if self.input is not None:
             if self.output.resolve() == self.input.resolve():
@@ -110,12 +108,12 @@ class Save:
             gaussians = read_gaussians(self.input)
         else:
             gaussians = gaussians_of(splat_pipeline(self.load_config, self.data, "inference").model)
-        size = writer(self.output, gaussians)
+        size = FORMATS[name].write(self.output, gaussians)
         ratio = float32_ply_bytes(gaussians.num_gaussians, gaussians.sh_degree) / size
         CONSOLE.print(
-            f"Wrote {self.output} ({gaussians.num_gaussians} Gaussians, {size / 1e6:.3f} MB, "
-            f"{size / max(gaussians.num_gaussians, 1):.1f} bytes per Gaussian"
-            + (")" if writer is write_ply else f", {ratio:.1f}x smaller than its PLY)")
+            f"Wrote {self.output} ({FORMATS[name].about.split(',')[0]}: {gaussians.num_gaussians} Gaussians, "
+            f"{size / 1e6:.3f} MB, {size / max(gaussians.num_gaussians, 1):.1f} bytes per Gaussian"
+            + (")" if name == "ply" else f", {ratio:.1f}x smaller than its PLY)")
         )
 
 

@@ -44,6 +44,8 @@ _CRC = struct.Struct("<I")
 Compression = Literal["none", "zlib", "lzma"]
 COMPRESSIONS: tuple[str, ...] = ("none", "zlib", "lzma")
 MAX_HEADER_BYTES = 1 << 20
+SH_C0 = 0.28209479177387814
+"""The degree-0 SH basis: colour = 0.5 + SH_C0 * dc."""
 REEXPORT = "re-export it with `distilled3dgs-export compact`"
 
 
@@ -86,6 +88,30 @@ class CompactGaussians:
     """``(center, scale)`` that positions are stored relative to; None: the bounding box of ``means``."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form JSON information kept in the header (producer, settings, source); read back as written."""
+
+    @classmethod
+    def from_viewer_fields(
+        cls, means: Tensor, log_scales: Tensor, quats: Tensor, alphas: Tensor, sh_dc: Tensor, sh_rest: Tensor
+    ) -> CompactGaussians:
+        """Unquantised Gaussians from what viewer formats store: opacity after the sigmoid ``[N]`` or ``[N, 1]``, the
+        SH DC ``[N, 3]`` (turned into colour logits when ``sh_rest`` has no bands, as splatfacto's degree 0 holds
+        them) and ``sh_rest`` ``[N, K - 1, 3]``."""
+        n, rest_count = means.shape[0], sh_rest.shape[1]
+        degree = math.isqrt(rest_count + 1) - 1
+        alphas = alphas.float().reshape(n, 1).clamp(1e-6, 1 - 1e-6)
+        sh_dc = sh_dc.float()
+        return cls(
+            means=means.float(),
+            scales=log_scales.float(),
+            quats=quats.float(),
+            opacities=torch.logit(alphas),
+            features_dc=sh_dc if degree > 0 else torch.logit((sh_dc * SH_C0 + 0.5).clamp(1e-4, 1 - 1e-4)),
+            features_rest=sh_rest.float(),
+            sh_degree=degree,
+            vq_mask=torch.zeros(n, dtype=torch.bool),
+            codebook=torch.zeros(0, rest_count, 3),
+            indices=torch.zeros(0, dtype=torch.long),
+        )
 
     @property
     def num_gaussians(self) -> int:

@@ -1,18 +1,14 @@
-"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact,
-SPZ or .splat file."""
+"""Between a splatfacto-family model and ``CompactGaussians``: read its parameters, or make it render a compact
+or viewer file (see ``formats``)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from nerfstudio.models.splatfacto import SplatfactoModel
 from torch import Tensor
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, read_compact
+from distilled3dgs_ns.compression.compact_format import CompactGaussians
 from distilled3dgs_ns.compression.encode import visible_mask
-from distilled3dgs_ns.compression.splat import read_splat
-from distilled3dgs_ns.compression.spz import read_spz
 from distilled3dgs_ns.portable_splatfacto import GAUSSIAN_PARAM_NAMES
 
 
@@ -58,12 +54,3 @@ def gaussians_of(model: SplatfactoModel, drop_invisible: bool = True) -> Compact
         codebook=params["features_rest"].new_zeros(0, *params["features_rest"].shape[1:]),
         indices=torch.zeros(0, dtype=torch.long, device=device),
     )
-
-
-def read_gaussians(path: Path, sh_degree: int = 0) -> CompactGaussians:
-    """The Gaussians of a file that a model can render, by suffix: ``.spz``, ``.splat`` (no SH rest: ``sh_degree``
-    bands of zeros, to fit the model), else our compact file."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".spz":
-        return read_spz(path)
-    return read_splat(path, sh_degree) if suffix == ".splat" else read_compact(path)

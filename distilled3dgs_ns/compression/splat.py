@@ -54,19 +54,12 @@ def read_splat(path: Path | str, sh_degree: int = 0) -> CompactGaussians:
     if len(data) % RECORD.itemsize:
         raise SplatFileError(f"{path}: {len(data)} bytes are not whole 32-byte Gaussians; write it again")
     records = np.frombuffer(data, RECORD)
-    n = len(records)
-    rgba = torch.from_numpy(records["rgba"] / 255.0).float().clamp(1e-4, 1 - 1e-4)
-    dc = RGB2SH(rgba[:, :3])
-    rest_count = (sh_degree + 1) ** 2 - 1
-    return CompactGaussians(
+    rgba = torch.from_numpy(records["rgba"] / 255.0).clamp(1e-4, 1 - 1e-4)
+    return CompactGaussians.from_viewer_fields(
         means=torch.from_numpy(records["position"].copy()),
-        scales=torch.log(torch.from_numpy(records["scale"].copy()).clamp_min(1e-12)),
-        quats=torch.nn.functional.normalize(torch.from_numpy((records["rotation"] - 128.0) / 128.0).float(), dim=-1),
-        opacities=torch.logit(rgba[:, 3:]),
-        features_dc=dc if sh_degree > 0 else torch.logit(rgba[:, :3]),
-        features_rest=torch.zeros(n, rest_count, 3),
-        sh_degree=sh_degree,
-        vq_mask=torch.zeros(n, dtype=torch.bool),
-        codebook=torch.zeros(0, rest_count, 3),
-        indices=torch.zeros(0, dtype=torch.long),
+        log_scales=torch.log(torch.from_numpy(records["scale"].copy()).clamp_min(1e-12)),
+        quats=torch.nn.functional.normalize(torch.from_numpy((records["rotation"] - 128.0) / 128.0), dim=-1),
+        alphas=rgba[:, 3],
+        sh_dc=RGB2SH(rgba[:, :3]),
+        sh_rest=torch.zeros(len(records), (sh_degree + 1) ** 2 - 1, 3),
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nerfstudio.models.splatfacto import RGB2SH, SH2RGB
+from nerfstudio.models.splatfacto import RGB2SH
 
 from distilled3dgs_ns.compression.compact_format import CompactGaussians, write_file
 from distilled3dgs_ns.errors import UserError
@@ -153,16 +153,11 @@ def _decode(parts: dict[str, np.ndarray], n: int, degree: int, version: int, fra
     rest = np.zeros((n, (degree + 1) ** 2 - 1, 3))
     if degree > 0:
         rest = (parts["sh"].reshape(n, -1, 3) - 128.0) / 128.0 * np.array(sh_flip_signs(degree))[:, None]
-    alphas = np.clip(parts["alphas"].reshape(n, 1) / 255.0, 1e-6, 1 - 1e-6)
-    return CompactGaussians(
-        means=torch.from_numpy(means).float(),
-        scales=torch.from_numpy(parts["scales"] / 16.0 - 10.0).float(),
-        quats=torch.from_numpy(quats).float(),
-        opacities=torch.logit(torch.from_numpy(alphas)).float(),
-        features_dc=dc if degree > 0 else torch.logit(SH2RGB(dc).clamp(1e-4, 1 - 1e-4)),
-        features_rest=torch.from_numpy(rest).float(),
-        sh_degree=degree,
-        vq_mask=torch.zeros(n, dtype=torch.bool),
-        codebook=torch.zeros(0, (degree + 1) ** 2 - 1, 3),
-        indices=torch.zeros(0, dtype=torch.long),
+    return CompactGaussians.from_viewer_fields(
+        means=torch.from_numpy(means),
+        log_scales=torch.from_numpy(parts["scales"] / 16.0 - 10.0),
+        quats=torch.from_numpy(quats),
+        alphas=torch.from_numpy(parts["alphas"] / 255.0),
+        sh_dc=dc,
+        sh_rest=torch.from_numpy(rest),
     )
