@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from distilled3dgs_ns.errors import UserError
+from distilled3dgs_ns.errors import UserError, unreadable_checkpoint
 
 CHECKPOINT_GLOB = "step-*.ckpt"
 MODEL_DIR = "nerfstudio_models"
@@ -55,10 +55,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:120]}); it is truncated or "
-            "not a nerfstudio checkpoint: delete it to fall back on the previous one, or retrain"
-        ) from None
+        raise CheckpointError(unreadable_checkpoint(path, error)) from None
     if not isinstance(state, dict) or "pipeline" not in state:
         raise CheckpointError(f"{path} holds no 'pipeline' state; it is not a nerfstudio checkpoint")
     return state

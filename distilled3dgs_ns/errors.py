@@ -2,8 +2,9 @@
 
 ``ns-train``, ``ns-eval``, ``ns-export`` and ``ns-viewer`` are nerfstudio's scripts, so a bad teacher or a diverged
 checkpoint raised inside them would end in a long traceback. Importing the plugin (nerfstudio does, to build its
-method table) installs ``print_user_errors``: our ``UserError``s print as ``<program>: <message>``; every other
-exception keeps its traceback.
+method table) installs ``print_user_errors``: our ``UserError``s print as ``<program>: <message>``, and so does a
+checkpoint that torch cannot read inside nerfstudio's own loader (a save cut short); every other exception keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -20,10 +21,34 @@ class UserError(RuntimeError):
     """A problem with the user's input or run; the message says what was wrong and what to do."""
 
 
+NERFSTUDIO_LOADER = "eval_load_checkpoint"
+"""The nerfstudio 1.1.5 function (``nerfstudio.utils.eval_utils``) that ns-eval, ns-export and ns-viewer load with."""
+
+
+def unreadable_checkpoint(path: Path | str, error: BaseException) -> str:
+    """The message for a checkpoint ``torch.load`` could not read."""
+    return (
+        f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:120]}); it is truncated or "
+        "not a nerfstudio checkpoint: delete it to fall back on the previous one, or retrain"
+    )
+
+
+def _nerfstudio_checkpoint_error(error: BaseException, trace: TracebackType | None) -> str | None:
+    """The message when ``error`` came out of ``torch.load`` called by nerfstudio's loader, else None."""
+    while trace is not None and trace.tb_next is not None:
+        frame, inner = trace.tb_frame, trace.tb_next.tb_frame
+        if frame.f_code.co_name == NERFSTUDIO_LOADER and "torch" in Path(inner.f_code.co_filename).parts:
+            return unreadable_checkpoint(frame.f_locals.get("load_path", "the checkpoint"), error)
+        trace = trace.tb_next
+    return None
+
+
 def print_user_errors(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
-    """``sys.excepthook``: a ``UserError`` is its message alone (exit code 1 as before); the rest as Python does."""
-    if isinstance(error, UserError):
-        print(f"{Path(sys.argv[0]).name}: {error}", file=sys.stderr)
+    """``sys.excepthook``: a ``UserError`` (or an unreadable checkpoint under nerfstudio's loader) is its message
+    alone (exit code 1 as before); the rest as Python does."""
+    message = str(error) if isinstance(error, UserError) else _nerfstudio_checkpoint_error(error, trace)
+    if message is not None:
+        print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
         return
     sys.__excepthook__(kind, error, trace)
 

@@ -88,6 +88,29 @@ def test_eval_and_export_fail_alike_on_the_same_bad_file(tmp_path, monkeypatch, 
     assert messages.count(f"{checkpoint} is not a readable checkpoint") == 2 and "Traceback" not in messages
 
 
+def test_nerfstudios_own_loader_names_a_truncated_checkpoint(tmp_path, monkeypatch, capsys):
+    """ns-eval, ns-export and ns-viewer load the checkpoint with nerfstudio's ``eval_load_checkpoint``, before any of
+    our code runs: the plugin's exception hook turns torch's error there into the same one line."""
+    from types import SimpleNamespace
+
+    from nerfstudio.utils.eval_utils import eval_load_checkpoint
+
+    config = _teacher(tmp_path)
+    checkpoint = next((config.parent / "nerfstudio_models").glob("*.ckpt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    try:
+        eval_load_checkpoint(SimpleNamespace(load_dir=checkpoint.parent, load_step=None), None)
+    except Exception as error:  # what torch raises for a truncated zip
+        caught = error
+    monkeypatch.setattr(sys, "argv", ["ns-eval"])
+    errors.print_user_errors(type(caught), caught, caught.__traceback__)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ns-eval: {checkpoint} is not a readable checkpoint")
+    other = ValueError("not about checkpoints")
+    errors.print_user_errors(ValueError, other, None)  # anything else keeps Python's report
+    assert "ValueError: not about checkpoints" in capsys.readouterr().err
+
+
 def test_decoding_onto_the_compact_file_itself_is_refused(tmp_path, capsys):
     compact = tmp_path / "scene.compact"
     compact.write_bytes(b"precious")
