@@ -10,6 +10,8 @@ traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +21,22 @@ USAGE_EXIT = 2
 
 class UserError(RuntimeError):
     """A problem with the user's input or run; the message says what was wrong and what to do."""
+
+
+def error_line(program: str, message: str) -> str:
+    """How every user error prints: ``<program>: <message>`` (``distilled3dgs-run`` finds ns-train's in its log)."""
+    return f"{program}: {message}"
+
+
+@contextmanager
+def one_line_errors(program: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """The error handling of every ``distilled3dgs-*`` command: a ``UserError`` (or one of ``also``) ends the program
+    with ``<program>: <message>`` and exit status 2."""
+    try:
+        yield
+    except (UserError, *also) as error:
+        print(error_line(program, str(error)), file=sys.stderr)
+        sys.exit(USAGE_EXIT)
 
 
 NERFSTUDIO_LOADER = "eval_load_checkpoint"
@@ -48,7 +66,7 @@ def print_user_errors(kind: type[BaseException], error: BaseException, trace: Tr
     alone (exit code 1 as before); the rest as Python does."""
     message = str(error) if isinstance(error, UserError) else _nerfstudio_checkpoint_error(error, trace)
     if message is not None:
-        print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
+        print(error_line(Path(sys.argv[0]).name, message), file=sys.stderr)
         return
     sys.__excepthook__(kind, error, trace)
 

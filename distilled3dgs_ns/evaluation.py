@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import tyro
 
 from distilled3dgs_ns.checkpoints import load_pipeline
-from distilled3dgs_ns.errors import USAGE_EXIT, UserError
+from distilled3dgs_ns.errors import one_line_errors
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.progress import progress_bar
 
@@ -37,6 +36,8 @@ class Evaluation:
     figures: dict[str, float | int]
     ground_truth: list[np.ndarray] = field(default_factory=list)
     renders: list[np.ndarray] = field(default_factory=list)
+    rgb: list[torch.Tensor] = field(default_factory=list)
+    """Every test render in float (CPU), when asked for: the reference that a file of the same model is held to."""
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -56,11 +57,15 @@ def evaluate_pipeline(
     keep_views: int = 0,
     render_repeats: int = 3,
     label: str = "evaluating",
+    keep_rgb: bool = False,
+    reference: list[torch.Tensor] | None = None,
 ) -> Evaluation:
     """Render every test view of ``pipeline`` (nerfstudio ``eval_setup`` with ``test_mode="test"``).
 
     Quality comes from the model's own ``get_image_metrics_and_images`` (what ``ns-eval`` averages). The render time is
     the median over views of ``render_repeats`` timed renders each, after the untimed metric render has warmed up.
+    With ``reference`` (another evaluation's ``rgb``), ``psnr_vs_reference`` is the PSNR of these renders against
+    those: how much a file loses against the model it was written from, whatever the ground truth.
     """
     model = pipeline.model
     if not isinstance(model, PortableSplatfactoModel):
@@ -81,6 +86,11 @@ def evaluate_pipeline(
             for key in METRIC_KEYS:
                 if key in metrics:
                     per_view.setdefault(key, []).append(float(metrics[key]))
+            if keep_rgb:
+                result.rgb.append(outputs["rgb"].detach().cpu())
+            if reference is not None:
+                error = ((outputs["rgb"].detach().cpu() - reference[index]) ** 2).mean().clamp_min(1e-12)
+                per_view.setdefault("psnr_vs_reference", []).append(float(-10 * torch.log10(error)))
             if index < keep_views:
                 gt = model.composite_with_background(model.get_gt_img(batch["image"]), outputs["background"])
                 result.ground_truth.append(to_uint8(gt))
@@ -144,11 +154,8 @@ class EvalCommand:
 def entrypoint() -> None:
     """``distilled3dgs-eval``: bad input ends with one line saying what to do, not a traceback."""
     command = tyro.cli(EvalCommand)
-    try:
+    with one_line_errors("distilled3dgs-eval", also=(OSError, ValueError)):
         command.main()
-    except (UserError, OSError, ValueError) as error:
-        print(f"distilled3dgs-eval: {error}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
 
 
 if __name__ == "__main__":

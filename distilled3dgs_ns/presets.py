@@ -15,13 +15,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from distilled3dgs_ns.errors import UserError
+
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The repository's ``configs/`` folder (the package is installed from a checkout, editable or not)."""
 
 T = TypeVar("T")
 
 
-class PresetError(ValueError):
+class PresetError(UserError, ValueError):
     """A preset that does not exist or does not match the run's options."""
 
 

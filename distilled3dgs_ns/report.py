@@ -1,9 +1,10 @@
 """The report of a ``distilled3dgs-run``: ``report.md``, ``report.json``, a PSNR-vs-size plot and a strip of views.
 
 ``report.json`` holds ``models.<name>`` with ``psnr``, ``ssim``, ``lpips`` (null when LPIPS weights are unavailable
-offline), ``num_gaussians``, ``size_mb`` (the file on disk: PLY, or the compact file), ``render_ms`` (median per test
-frame on the evaluation device) and ``train_s`` (wall time of the training, all attempts). The strip shows, per test
-view, ground truth | the teachers' blend | the student | the student's absolute error.
+offline), ``num_gaussians``, ``size_mb`` (the file on disk: PLY, or for ``student-<format>`` rows the compact or viewer
+file, whose row also has ``file`` and ``psnr_vs_model``), ``render_ms`` (median per test frame on the evaluation
+device) and ``train_s`` (wall time of the training, all attempts). The strip shows, per test view, ground truth | the
+teachers' blend | the student | the student's absolute error.
 """
 
 from __future__ import annotations
@@ -112,6 +113,21 @@ def picture_strip(views: Path, teacher_names: list[str], student: str, path: Pat
     return path
 
 
+def file_lines(models: dict[str, dict[str, Any]]) -> list[str]:
+    """Report lines on the student's compact and viewer files: bytes per Gaussian, PSNR against the model."""
+    files = {name: m for name, m in models.items() if m.get("psnr_vs_model") is not None}
+    if not files:
+        return []
+    lines = ["", "The student's files (PSNR of each file's renders against the student's own renders):", ""]
+    for name, m in files.items():
+        per_gaussian = m["size_mb"] * 1e6 / max(m["num_gaussians"], 1)
+        lines.append(
+            f"- {name}: `{Path(m['file']).name}`, {m['size_mb']:.3f} MB ({per_gaussian:.1f} B/Gaussian), "
+            f"{m['psnr_vs_model']:.2f} dB against the model"
+        )
+    return lines
+
+
 def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str, Any]], device: str) -> Path:
     """Write report.json, report.md and the pictures; returns the path of report.md."""
     models = collect_models(evaluations)
@@ -142,8 +158,10 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         "",
         markdown_table(models),
         "",
-        "size: the file on disk (standard 3DGS PLY; compact file for `-compact`). render: median time per test frame.",
+        "size: the file on disk (standard 3DGS PLY; for `student-<format>` rows the file itself). render: median time "
+        "per test frame.",
     ]
+    lines += file_lines(models)
     student = models.get("student")
     if teacher and student and teacher["num_gaussians"]:
         share = student["num_gaussians"] / teacher["num_gaussians"]

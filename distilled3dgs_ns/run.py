@@ -48,8 +48,8 @@ from distilled3dgs_ns.checkpoints import (
     newest_checkpoint,
     read_checkpoint,
 )
-from distilled3dgs_ns.errors import USAGE_EXIT, UserError
-from distilled3dgs_ns.presets import PresetError, available_presets, load_preset
+from distilled3dgs_ns.errors import UserError, error_line, one_line_errors
+from distilled3dgs_ns.presets import available_presets, load_preset
 from distilled3dgs_ns.scenes import EmbeddedSceneConfig
 from distilled3dgs_ns.schedules import paper_fraction, to_step
 from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint, write_json_atomic
@@ -72,6 +72,10 @@ NO_DISTILLATION = [
     "--pipeline.pseudo-view-rate", "0",
 ]  # fmt: skip
 """Student options that switch every teacher term off (then no teachers are loaded)."""
+
+
+ViewerFormat = Literal["spz", "compressed-ply", "splat", "ply"]
+"""The names of ``compression.formats.FORMATS`` (importing it here would cost --help seconds; a test ties them)."""
 
 
 @dataclass
@@ -182,6 +186,9 @@ class RunConfig:
     """Timed renders per test view for the render time (median)."""
     compact: bool = True
     """Also write and evaluate the student's compact file (LightGaussian-style quantisation)."""
+    viewer_formats: tuple[ViewerFormat, ...] = ("spz", "compressed-ply", "splat")
+    """Also write the student in these viewer formats (export/student.spz...) and evaluate each file; the option
+    with no value writes none."""
     baselines: bool = False
     """Also train and evaluate, at the student's final Gaussian count and step count, baseline-no-kd (the student's
     schedule without teachers), baseline-pruned-teacher (the standard teacher pruned by global significance, then
@@ -373,10 +380,11 @@ def run_training(
         note_time()
     if code != 0 or not training.final_checkpoint(runs).exists():
         lines = log_path.read_text().splitlines() if log_path.exists() else []
-        ours = [line for line in lines if line.startswith("ns-train: ")]  # a UserError, printed as one line
+        prefix = error_line("ns-train", "")
+        ours = [line for line in lines if line.startswith(prefix)]  # a UserError, printed as one line
         if ours:
             raise StageFailed(
-                f"{training.stage}: {ours[-1].removeprefix('ns-train: ')} (log: {log_path}). Fix the settings and "
+                f"{training.stage}: {ours[-1].removeprefix(prefix)} (log: {log_path}). Fix the settings and "
                 f"pass --redo {training.stage}, or re-run as it is to resume from its latest checkpoint."
             )
         tail = "\n".join(lines[-15:])
@@ -689,14 +697,11 @@ class Run:
 
         stage = f"eval-{name}"
         cfg = self.config
-        key = fingerprint(
-            {
-                "model": record["fingerprint"],
-                "views": cfg.eval_views,
-                "strip": cfg.strip_views,
-                "compact": cfg.compact and student,
-            }
-        )
+        settings = {"model": record["fingerprint"], "views": cfg.eval_views, "strip": cfg.strip_views}
+        settings["compact"] = cfg.compact and student
+        if student:  # only the student's evaluation writes files (teachers' fingerprints stay as they were)
+            settings["files"] = list(cfg.viewer_formats)
+        key = fingerprint(settings)
         existing = self.book.check(stage, key)
         if existing is not None:
             self.log(f"{stage}: finished earlier, skipping")
@@ -704,36 +709,60 @@ class Run:
         pipeline = load_pipeline(Path(record["config"]), data=self.scene_path())
         views_dir = self.output_dir / "views" / name
         result = evaluate_pipeline(
-            pipeline, cfg.eval_views, keep_views=cfg.strip_views, render_repeats=cfg.render_repeats, label=stage
+            pipeline,
+            cfg.eval_views,
+            keep_views=cfg.strip_views,
+            render_repeats=cfg.render_repeats,
+            label=stage,
+            keep_rgb=student,
         )
         save_views(views_dir, result.ground_truth, result.renders)
         exports = self.output_dir / "export"
         ply = export_ply(pipeline.model, exports / f"{name}.ply")
         figures: dict[str, Any] = {**result.figures, "size_mb": ply.stat().st_size / 1e6, "ply": str(ply)}
         models = {name: {**figures, "train_s": record["train_s"]}}
-        if student and cfg.compact:
-            models[f"{name}-compact"] = self.compact_figures(pipeline, exports / f"{name}.compact", record)
+        if student:
+            models.update(self.student_files(pipeline, exports, name, record["train_s"], result.rgb))
         return self.book.finish(stage, key, models=models, views=str(views_dir))
 
-    def compact_figures(self, pipeline: Any, path: Path, record: dict[str, Any]) -> dict[str, Any]:
-        """Write the compact file of the trained student, then evaluate what it decodes to."""
-        from distilled3dgs_ns.compression import CompactOptions, apply_to_model, export_compact, read_compact
+    def student_files(
+        self, pipeline: Any, exports: Path, name: str, train_s: float, reference: list[Any]
+    ) -> dict[str, dict[str, Any]]:
+        """Write the trained student's compact file and viewer files, then evaluate what each decodes to (rows
+        ``<name>-compact``, ``<name>-spz``...), with ``psnr_vs_model`` against the student's own renders."""
+        from distilled3dgs_ns.compression import (
+            FORMATS,
+            CompactOptions,
+            apply_to_model,
+            export_compact,
+            gaussians_of,
+            read_gaussians,
+        )
         from distilled3dgs_ns.evaluation import evaluate_pipeline
 
-        start = time.perf_counter()
-        export_compact(pipeline, None, path, CompactOptions())  # significance over the pipeline's training views
-        export_s = time.perf_counter() - start
-        apply_to_model(pipeline.model, read_compact(path))
-        result = evaluate_pipeline(
-            pipeline, self.config.eval_views, render_repeats=self.config.render_repeats, label="eval-student-compact"
-        )
-        return {
-            **result.figures,
-            "size_mb": path.stat().st_size / 1e6,
-            "file": str(path),
-            "train_s": record["train_s"],
-            "export_s": export_s,
-        }
+        cfg = self.config
+        gaussians = gaussians_of(pipeline.model)
+        files: dict[str, tuple[Path, float]] = {}
+        for kind in (["compact"] if cfg.compact else []) + list(cfg.viewer_formats):
+            path = exports / f"{name}{FORMATS[kind].suffix if kind in FORMATS else '.compact'}"
+            start = time.perf_counter()
+            if kind == "compact":
+                export_compact(pipeline, None, path, CompactOptions())  # significance over the training views
+            else:
+                FORMATS[kind].write(path, gaussians)
+            files[kind] = (path, time.perf_counter() - start)
+        rows: dict[str, dict[str, Any]] = {}
+        for kind, (path, export_s) in files.items():
+            apply_to_model(pipeline.model, read_gaussians(path, pipeline.model.config.sh_degree))
+            result = evaluate_pipeline(
+                pipeline, cfg.eval_views, render_repeats=cfg.render_repeats, label=f"eval-{name}-{kind}",
+                reference=reference,
+            )  # fmt: skip
+            figures = dict(result.figures)
+            figures["psnr_vs_model"] = figures.pop("psnr_vs_reference")
+            figures |= {"size_mb": path.stat().st_size / 1e6, "file": str(path), "train_s": train_s}
+            rows[f"{name}-{kind}"] = figures | {"export_s": export_s}
+        return rows
 
     # -- everything
 
@@ -846,10 +875,8 @@ def main(args: Sequence[str] | None = None) -> Path:
 def entrypoint() -> None:
     """``distilled3dgs-run``: a bad input or a failed stage ends with a message saying what to do, not a traceback."""
     try:
-        main()
-    except (UserError, PresetError) as error:
-        print(f"distilled3dgs-run: {error}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
+        with one_line_errors("distilled3dgs-run"):
+            main()
     except KeyboardInterrupt:
         print("distilled3dgs-run: interrupted; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)

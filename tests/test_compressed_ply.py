@@ -26,6 +26,7 @@ from distilled3dgs_ns.compression.compressed_ply import (
 from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
+from distilled3dgs_ns.run import ViewerFormat
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_truncated_or_plain_ply_is_named(model, tmp_path):
 
 
 def test_format_table_matches_the_option_and_suffixes():
-    assert typing.get_args(FormatName) == tuple(FORMATS)
+    assert typing.get_args(FormatName) == tuple(FORMATS) == typing.get_args(ViewerFormat)  # run.py's copy
     assert format_of("a/Scene.COMPRESSED.ply") == "compressed-ply" and format_of("scene.ply") == "ply"
     assert format_of("scene.glb") is None
 

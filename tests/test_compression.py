@@ -353,7 +353,8 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys, good_file):
         entrypoint(["decode", "--input", str(bad), "--output", str(tmp_path / "out.ply")])
     assert exit_info.value.code == 2  # as distilled3dgs-eval and distilled3dgs-run for a bad input
     text = capsys.readouterr().err.strip()
-    assert text.startswith("error:") and str(bad) in text and "truncated" in text and "Traceback" not in text
+    assert text.startswith("distilled3dgs-export: ") and str(bad) in text and "truncated" in text
+    assert "Traceback" not in text
     assert len(text.splitlines()) == 1 and not (tmp_path / "out.ply").exists()
     with pytest.raises(SystemExit):
         entrypoint(["info", "--input", str(tmp_path / "missing.compact")])

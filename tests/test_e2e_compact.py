@@ -99,4 +99,5 @@ def test_bad_input_ends_in_one_line(workdir):
             ["distilled3dgs-export", *args], cwd=workdir, capture_output=True, text=True, timeout=300, env=env
         )
         last_line = result.stderr.strip().splitlines()[-1]
-        assert result.returncode == 2 and last_line.startswith("error:") and "Traceback" not in result.stderr
+        assert result.returncode == 2 and last_line.startswith("distilled3dgs-export: ")
+        assert "Traceback" not in result.stderr

@@ -334,18 +334,25 @@ def test_demo_runs_end_to_end_then_skips_every_finished_stage(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert f"Report: {out / 'report.md'}" in first.stdout
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"teacher-standard", "teacher-dropout", "student", "student-compact"}
+    files = {"student-compact", "student-spz", "student-compressed-ply", "student-splat"}
+    assert set(report["models"]) == {"teacher-standard", "teacher-dropout", "student"} | files
     for figures in report["models"].values():
         assert set(figures) >= {"psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s"}
         assert figures["psnr"] > 5 and figures["num_gaussians"] > 0 and figures["size_mb"] > 0
     models = report["models"]
     assert models["student-compact"]["size_mb"] < models["student"]["size_mb"]
+    assert models["student-spz"]["size_mb"] < models["student-compact"]["size_mb"]
+    for name in files:  # each file decoded and held to the student's own renders
+        assert Path(models[name]["file"]).is_file()
+        assert models[name]["num_gaussians"] == models["student"]["num_gaussians"]
+        assert 20 < models[name]["psnr_vs_model"] < 100
+    assert "student-spz: `student.spz`" in (out / "report.md").read_text()
     assert (out / "psnr_vs_gaussians.png").stat().st_size > 0 and (out / "views_strip.png").stat().st_size > 0
     assert "| student |" in (out / "report.md").read_text()
 
     # distilled3dgs-eval evaluates the compact file directly, and agrees with the report
     student_config = out / "runs" / "student" / "distilled3dgs-student" / "run" / "config.yml"
-    figures_path, compact = tmp_path / "compact_eval.json", out / "export" / "student.compact"
+    figures_path, compact = tmp_path / "compact_eval.json", out / "export" / "student.spz"
     evaluated = subprocess.run(
         ["distilled3dgs-eval", "--load-config", str(student_config), "--compact", str(compact),
          "--output-path", str(figures_path), "--render-repeats", "0"],
@@ -353,9 +360,9 @@ def test_demo_runs_end_to_end_then_skips_every_finished_stage(tmp_path):
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
-    assert figures["psnr"] == pytest.approx(models["student-compact"]["psnr"], abs=1e-4)
-    assert figures["num_gaussians"] == models["student-compact"]["num_gaussians"]
-    assert figures["size_mb"] == pytest.approx(models["student-compact"]["size_mb"])
+    assert figures["psnr"] == pytest.approx(models["student-spz"]["psnr"], abs=1e-4)
+    assert figures["num_gaussians"] == models["student-spz"]["num_gaussians"]
+    assert figures["size_mb"] == pytest.approx(models["student-spz"]["size_mb"])
 
     logs = {p.name: p.stat().st_mtime for p in (out / "runs").glob("*.log")}
     second = run_command([*TINY, "--output-dir", str(out)], REPO_ROOT)

@@ -125,7 +125,7 @@ def test_save_command_converts_a_compact_file_and_refuses_bad_input(model, tmp_p
         with pytest.raises(SystemExit) as exit_info:
             entrypoint(["save", *args])
         assert exit_info.value.code == 2
-        assert "error:" in capsys.readouterr().err
+        assert "distilled3dgs-export: " in capsys.readouterr().err
 
 
 def test_truncated_spz_is_named(model, tmp_path):

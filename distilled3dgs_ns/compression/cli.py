@@ -5,7 +5,6 @@ Bad input ends with one line saying what is wrong and what to do, and exit statu
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,10 +21,9 @@ from distilled3dgs_ns.compression.export import CompactOptions, export_compact, 
 from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians, suffixes
 from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
-from distilled3dgs_ns.errors import USAGE_EXIT, UserError
+from distilled3dgs_ns.errors import UserError, one_line_errors
 
 CONSOLE = Console(width=120)
-ERRORS = Console(width=120, stderr=True)
 
 
 class UsageError(UserError):
@@ -169,11 +167,8 @@ Commands = tyro.conf.FlagConversionOff[
 def entrypoint(args: list[str] | None = None) -> None:
     """The ``distilled3dgs-export`` command."""
     command = tyro.cli(Commands, args=args)
-    try:
+    with one_line_errors("distilled3dgs-export", also=(OSError,)):
         command.main()
-    except (UserError, OSError) as error:
-        ERRORS.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(USAGE_EXIT)
 
 
 if __name__ == "__main__":
