@@ -101,7 +101,7 @@ def load_pipeline(config_path: Path, data: Path | None = None, test_mode: str = 
     if checkpoint is None:
         raise CheckpointError(f"{config_path}: no checkpoint ({CHECKPOINT_GLOB}) in {model_dir}")
     state = read_checkpoint(checkpoint)
-    check_finite(gaussian_state(state["pipeline"]), str(checkpoint))
+    check_finite(gaussian_state(state["pipeline"]), str(checkpoint))  # the model checks again; this names the file
     config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target
     if data is not None:
         config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data

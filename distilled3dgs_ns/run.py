@@ -288,6 +288,11 @@ def training_fingerprint(training: Training, config: RunConfig, data: Path, runs
     return fingerprint({"command": [arg.replace(str(runs.parent), "<output-dir>") for arg in command]})
 
 
+def training_keys(training: Training, config: RunConfig, data: Path, runs: Path) -> tuple[str, str]:
+    """The fingerprints a finished or interrupted training may carry: today's, and the legacy one."""
+    return training_fingerprint(training, config, data, runs), legacy_fingerprint(training, config, data, runs)
+
+
 def legacy_fingerprint(training: Training, config: RunConfig, data: Path, runs: Path) -> str:
     """The fingerprint runs made before ``training_fingerprint`` recorded (the whole command), still accepted."""
     return fingerprint({"command": ns_train_command(training, config, data, runs, None)})
@@ -327,18 +332,21 @@ def run_training(
     runs: Path,
     env: dict[str, str],
     on_step: Callable[[int], None],
+    keys: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one training to its final checkpoint; returns its figures for the stage record.
+    """Run (or resume) one training to its final checkpoint; returns its figures for the stage record. ``keys``:
+    its ``training_keys`` when the caller has them already.
 
     A checkpoint left by an interrupted run with *other* settings is never deleted: that is refused, pointing to
     ``--redo``. The wall time of every attempt is kept in ``<stage>.attempts.json`` (written before ns-train starts
     and every few seconds while it runs, so even a killed attempt counts) and the record reports the sum.
     """
     intent = runs / f"{training.stage}.attempts.json"
-    key = training_fingerprint(training, config, data, runs)
+    keys = keys or training_keys(training, config, data, runs)
+    key = keys[0]
     attempts = json.loads(intent.read_text()) if intent.exists() else {}
     resume_step = training.latest_checkpoint_step(runs)
-    if attempts.get("fingerprint") not in (key, legacy_fingerprint(training, config, data, runs)):
+    if attempts.get("fingerprint") not in keys:
         if resume_step is not None:
             raise RunSetupError(
                 f"{training.stage} was interrupted at step {resume_step} with other settings than this command's; its "
@@ -584,18 +592,19 @@ class Run:
         graph["report"] = [f"eval-{name}" for name in self.model_stages()]
         return graph
 
-    def dependents(self) -> dict[str, list[str]]:
-        """Stage -> stages that consume its result (for --redo)."""
+    @staticmethod
+    def dependents(stages: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Stage -> stages that consume its result (for --redo), from ``stage_inputs``."""
         graph: dict[str, list[str]] = {}
-        for stage, inputs in self.stage_inputs().items():
+        for stage, inputs in stages.items():
             for name in inputs:
                 graph.setdefault(name, []).append(stage)
         return graph
 
     def forget(self, names: Sequence[str]) -> None:
         """--redo: drop the records of ``names`` and their dependents, and the trainings' folders, so they run anew."""
-        graph = self.dependents()
         stages = self.stage_inputs()
+        graph = self.dependents(stages)
         unknown = sorted(set(names) - set(stages))
         if unknown:
             raise RunSetupError(f"--redo {' '.join(unknown)}: no such stage; this run's stages are {', '.join(stages)}")
@@ -642,16 +651,15 @@ class Run:
     def train_stages(self, trainings: list[Training], data: Path, gpus: list[str]) -> dict[str, dict[str, Any]]:
         """Train what is not finished yet (in parallel over ``gpus`` when there are several); returns the records."""
         records: dict[str, dict[str, Any]] = {}
-        todo: list[tuple[Training, str]] = []
+        todo: list[tuple[Training, tuple[str, str]]] = []
         for training in trainings:
-            key = training_fingerprint(training, self.config, data, self.runs)
-            legacy = legacy_fingerprint(training, self.config, data, self.runs)
-            record = self.book.check(training.stage, key, also=legacy)
+            keys = training_keys(training, self.config, data, self.runs)
+            record = self.book.check(training.stage, keys[0], also=keys[1])
             if record is not None:
                 self.log(f"{training.stage}: finished earlier ({record['train_s']:.0f} s), skipping")
                 records[training.stage] = {**record, "config": str(training.folder(self.runs) / "config.yml")}
             else:
-                todo.append((training, key))
+                todo.append((training, keys))
         if not todo:
             return records
         from distilled3dgs_ns.progress import progress_display
@@ -664,8 +672,8 @@ class Run:
                 t.stage: progress.add_task(f"{t.stage} ({t.steps} steps)", total=t.steps, status="") for t, _ in todo
             }
 
-            def train(item: tuple[Training, str]) -> dict[str, Any]:
-                training, key = item
+            def train(item: tuple[Training, tuple[str, str]]) -> dict[str, Any]:
+                training, keys = item
                 with lock:
                     gpu = free.pop(0)
                 try:
@@ -678,13 +686,14 @@ class Run:
                         self.runs,
                         self.environment(gpu, workers),
                         lambda step: progress.update(tasks[training.stage], completed=min(step + 1, training.steps)),
+                        keys,
                     )
                     progress.update(tasks[training.stage], completed=training.steps)
                 finally:
                     with lock:
                         free.append(gpu)
                 config_path = training.folder(self.runs) / "config.yml"
-                return self.book.finish(training.stage, key, config=str(config_path), **figures)
+                return self.book.finish(training.stage, keys[0], config=str(config_path), **figures)
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for record in pool.map(train, todo):

@@ -278,7 +278,7 @@ def test_teachers_train_in_parallel_one_process_per_gpu(tmp_path, monkeypatch):
     active, peak, seen = [0], [0], []
     lock = threading.Lock()
 
-    def fake_training(training, config, data, runs, env, on_step):
+    def fake_training(training, config, data, runs, env, on_step, keys=None):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
