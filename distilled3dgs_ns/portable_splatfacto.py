@@ -56,9 +56,10 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
     """Splatfacto on any device (see module docstring)."""
 
     _target: type = field(default_factory=lambda: PortableSplatfactoModel)
-    rasterizer: Literal["auto", "torch"] = "auto"
-    """auto: gsplat's CUDA kernels for CUDA tensors, the pure-PyTorch rasteriser on any other device;
-    torch: the pure-PyTorch rasteriser everywhere (for comparisons and debugging)."""
+    rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
+    """auto: gsplat's CUDA kernels for CUDA tensors (our pure-PyTorch rasteriser, with one warning, where they cannot
+    be built), the pure-PyTorch rasteriser on any other device; gsplat: gsplat or a one-line error; torch: the
+    pure-PyTorch rasteriser everywhere (for comparisons and debugging)."""
     max_gaussians: int | None = None
     """Cap on the count during densification (None: splatfacto's uncapped growth); for same-budget comparisons."""
 
@@ -188,11 +189,6 @@ class PortableSplatfactoModel(SplatfactoModel):
             return None
         return min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
 
-    @property
-    def rasterizer_backend(self) -> str:
-        """``backend`` argument of ``rasterization()`` for this model's ``rasterizer`` setting."""
-        return "torch" if self.config.rasterizer == "torch" else "auto"
-
     def frozen_geometry(self, camera: Cameras, downscale: float = 1.0) -> dict:
         """``rasterization()`` / ``hit_counts()`` geometry arguments of the detached, activated Gaussians for one
         camera at ``1 / downscale`` of its resolution: the one place analysis passes (importance, hit counts, top
@@ -250,7 +246,7 @@ class PortableSplatfactoModel(SplatfactoModel):
             sparse_grad=False,
             absgrad=self.strategy.absgrad,
             rasterize_mode=self.config.rasterize_mode,
-            backend=self.rasterizer_backend,
+            backend=self.config.rasterizer,
         )
 
     def get_outputs(self, camera: Cameras) -> dict[str, torch.Tensor]:

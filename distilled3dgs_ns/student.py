@@ -356,7 +356,7 @@ class StudentModel(PortableSplatfactoModel):
         """Render per-Gaussian ``colors`` ``[N, C]`` at full resolution, no background, no parameter gradients."""
         geometry = self.frozen_geometry(camera)
         render, _, _ = rasterization(
-            **geometry, colors=colors, packed=False, sh_degree=None, backend=self.rasterizer_backend
+            **geometry, colors=colors, packed=False, sh_degree=None, backend=self.config.rasterizer
         )
         return render
 

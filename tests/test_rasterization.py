@@ -347,6 +347,9 @@ def test_intersection_info_matches_gsplat_encoding() -> None:
 def test_dispatch_sends_cuda_to_gsplat_and_everything_else_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     import gsplat.rendering
 
+    from distilled3dgs_ns.rasterization import backend
+
+    monkeypatch.setattr(backend, "gsplat_problem", lambda: None)  # as where gsplat's kernels load
     calls = []
     monkeypatch.setattr(gsplat.rendering, "rasterization", lambda *args, **kwargs: calls.append(kwargs) or "gsplat")
     scene = make_scene(n=4, n_cams=1)

@@ -1,4 +1,5 @@
-"""``rasterization()``: gsplat 1.4.0's CUDA rasteriser on CUDA tensors, a pure-PyTorch twin everywhere else.
+"""``rasterization()``: gsplat 1.4.0's CUDA rasteriser on CUDA tensors, a pure-PyTorch twin everywhere else (and on
+CUDA where gsplat's kernels cannot be built).
 
 gsplat's own entry point dies on CPU (its kernels are CUDA-only), so callers use this function and get the same
 outputs and ``info`` (enough for ``gsplat.strategy.DefaultStrategy``, absgrad included) on CPU or MPS.
@@ -12,9 +13,17 @@ from typing import Literal
 
 from torch import Tensor
 
+from .backend import GsplatUnavailable, choose_backend, gsplat_problem
 from .torch_backend import hit_counts, rasterization_torch
 
-__all__ = ["hit_counts", "rasterization", "rasterization_torch"]
+__all__ = [
+    "GsplatUnavailable",
+    "choose_backend",
+    "gsplat_problem",
+    "hit_counts",
+    "rasterization",
+    "rasterization_torch",
+]
 
 
 def rasterization(
@@ -44,10 +53,11 @@ def rasterization(
 ) -> tuple[Tensor, Tensor, dict]:
     """Render ``C`` cameras; arguments and return value as ``gsplat.rendering.rasterization``.
 
-    ``backend="auto"`` uses gsplat for CUDA tensors and the torch implementation otherwise; ``"torch"`` forces the
-    latter (e.g. to compare on a GPU). Extra gsplat keywords (``channel_chunk``, ``covars``, ...) go to gsplat; the
-    torch path accepts ``covars``, ignores ``channel_chunk`` and ``sparse_grad`` (its gradients are dense) and
-    supports only pinhole, non-distributed rendering.
+    ``backend="auto"`` uses gsplat for CUDA tensors (the torch implementation, with one warning, when gsplat's kernels
+    cannot be built: see ``backend``) and the torch implementation otherwise; ``"torch"`` forces the latter (e.g. to
+    compare on a GPU); ``"gsplat"`` insists on gsplat. Extra gsplat keywords (``channel_chunk``, ``covars``, ...) go
+    to gsplat; the torch path accepts ``covars``, ignores ``channel_chunk`` and ``sparse_grad`` (its gradients are
+    dense) and supports only pinhole, non-distributed rendering.
     """
     if backend not in ("auto", "gsplat", "torch"):
         raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
@@ -65,7 +75,7 @@ def rasterization(
         absgrad=absgrad,
         rasterize_mode=rasterize_mode,
     )
-    if backend == "gsplat" or (backend == "auto" and means.device.type == "cuda"):
+    if choose_backend(backend, means.device) == "gsplat":
         from gsplat.rendering import rasterization as gsplat_rasterization
 
         return gsplat_rasterization(*args, sparse_grad=sparse_grad, **options, **kwargs)
