@@ -1,4 +1,5 @@
-"""Train one teacher with ns-train on the CPU, evaluate it with ns-eval, and print a table row.
+"""Train one teacher with ns-train (on the CPU unless --device says otherwise), evaluate it with ns-eval, and print
+a table row.
 
 Example (the figure reported for the foundation issue):
     python benchmarks/teacher_cpu.py --data ../shared/data/lego-100 --steps 3000 --variant standard
@@ -31,6 +32,8 @@ class Args:
     """nerfstudio dataparser subcommand."""
     extra: str = ""
     """Further ns-train options, one string: --extra="--pipeline.model.num-random 20000"."""
+    device: str = "cpu"
+    """--machine.device-type of the training (cuda for the GPU check)."""
 
 
 def run(args: Args) -> dict:
@@ -38,7 +41,7 @@ def run(args: Args) -> dict:
     train_cmd = [
         "ns-train", "distilled3dgs-teacher", "--data", str(args.data), "--output-dir", str(args.output_dir),
         "--experiment-name", name, "--timestamp", "bench", "--pipeline.model.variant", args.variant,
-        "--max-num-iterations", str(args.steps), "--machine.device-type", "cpu", "--vis", "tensorboard",
+        "--max-num-iterations", str(args.steps), "--machine.device-type", args.device, "--vis", "tensorboard",
         "--steps-per-eval-all-images", str(10 * args.steps), *shlex.split(args.extra), args.dataparser,
     ]  # fmt: skip
     start = time.perf_counter()
