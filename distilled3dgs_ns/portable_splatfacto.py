@@ -31,7 +31,7 @@ from distilled3dgs_ns.checkpoints import check_finite, gaussian_state
 from distilled3dgs_ns.lpips_metric import OptionalLPIPS
 from distilled3dgs_ns.rasterization import rasterization
 from distilled3dgs_ns.strategy import CappedStrategy
-from distilled3dgs_ns.viewer_controls import StartAtTrainingCamera
+from distilled3dgs_ns.viewer_controls import SplitScreenDefault, StartAtTrainingCamera
 
 GAUSSIAN_PARAM_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 VISER_BACKGROUND = (0.1490, 0.1647, 0.2157)
@@ -74,6 +74,7 @@ class PortableSplatfactoModel(SplatfactoModel):
         # Model.__init__ calls this before the device indicator exists, so tensors are made on the CPU and moved
         # with the module by the pipeline, exactly as splatfacto does (but without its `.cuda()` calls).
         self.start_view = StartAtTrainingCamera()
+        self.split_default = SplitScreenDefault()
         means, colors = self._initial_points()
         num_points = means.shape[0]
         distances, _ = self.k_nearest_sklearn(means, 3)

@@ -177,7 +177,7 @@ class StudentModel(PortableSplatfactoModel):
             name="Show teacher renders",
             default_value=True,
             visible=False,  # shown once teachers are attached (training only)
-            hint="Adds teacher_blend and teacher_<i>_<variant> to the output types (split screen compares them)",
+            hint="Adds teacher_blend and teacher_<i>_<variant> to the output types (Split Screen compares them)",
         )
         self.gaussian_count = ViewerNumber(name="Gaussian count", default_value=self.num_points, disabled=True)
         self.set_run_length(self.run_length)

@@ -34,7 +34,7 @@ def test_a_new_tab_opens_at_the_first_training_camera():
     server = FakeServer()
     frustums = {5: SimpleNamespace(position=(9.0, 8.0, 7.0), wxyz=(0.0, 1.0, 0.0, 0.0)),
                 2: SimpleNamespace(position=(1.0, 2.0, 3.0), wxyz=(0.5, 0.5, 0.5, 0.5))}  # fmt: skip
-    viewer = SimpleNamespace(viser_server=server, camera_handles={})
+    viewer = SimpleNamespace(viser_server=server, camera_handles={}, control_panel=FakePanel())
     for control in controls:
         control._setup(viewer)
     early = _client()
@@ -46,3 +46,28 @@ def test_a_new_tab_opens_at_the_first_training_camera():
     for callback in server.on_connect:
         callback(client)
     assert client.camera.position == (1.0, 2.0, 3.0) and client.camera.wxyz == (0.5, 0.5, 0.5, 0.5)
+
+
+class FakePanel:
+    """nerfstudio 1.1.5's ControlPanel.update_output_options: the split view defaults to the last output."""
+
+    def __init__(self) -> None:
+        self._split_output_render = SimpleNamespace(value=None)
+
+    def update_output_options(self, new_options):
+        self._split_output_render.value = new_options[-1]
+
+
+def test_split_screen_never_defaults_to_the_downsampled_depth():
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerControl
+
+    model = make_model(TeacherModelConfig(num_downscales=0), num_points=20)
+    viewer = SimpleNamespace(viser_server=FakeServer(), camera_handles={}, control_panel=FakePanel())
+    for _, control in parse_object(model, ViewerControl, "Custom Elements"):
+        control._setup(viewer)
+    panel = viewer.control_panel
+    panel.update_output_options(["rgb", "depth", "accumulation", "teacher_blend", "gl_z_buf_depth"])
+    assert panel._split_output_render.value == "teacher_blend"
+    panel.update_output_options(["rgb", "depth", "accumulation", "background", "gl_z_buf_depth"])
+    assert panel._split_output_render.value == "depth"
