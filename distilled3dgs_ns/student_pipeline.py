@@ -25,6 +25,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import profiler
 from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerText
 from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 
@@ -99,7 +100,8 @@ def jitter_camera(camera: Cameras, sigma: float, generator: torch.Generator) -> 
 
 
 class StudentPipeline(VanillaPipeline):
-    """VanillaPipeline plus the teacher ensemble (training only) and the targets it hands to the student."""
+    """VanillaPipeline plus the teacher ensemble (for training; in the viewer of a finished student when asked for)
+    and the targets it hands to the student."""
 
     config: StudentPipelineConfig
     model: StudentModel
@@ -120,6 +122,7 @@ class StudentPipeline(VanillaPipeline):
         self.pseudo_random = random.Random(config.pseudo_view_seed)
         self.pseudo_generator = torch.Generator().manual_seed(config.pseudo_view_seed)
         if test_mode != "val":
+            self.offer_teachers_in_viewer()
             return
         self.model.set_importance_views(self.train_cameras().to(device))
         if config.init_from is not None:
@@ -134,6 +137,37 @@ class StudentPipeline(VanillaPipeline):
                 "(to train without distillation, set --pipeline.model.kd-weight 0 "
                 "--pipeline.model.structure-weight 0 --pipeline.pseudo-view-rate 0)"
             )
+
+    def offer_teachers_in_viewer(self) -> None:
+        """A finished student's viewer (ns-viewer) offers its teachers: loaded only when the box is ticked, so ns-eval
+        and ns-export never need them; where a teacher run is gone, the panel says which."""
+        if not self.config.teachers:
+            return
+        missing = [str(path) for path in self.config.teachers if not Path(path).expanduser().is_file()]
+        total = len(self.config.teachers)
+        about = f"{len(missing)} of {total} teachers not found: {', '.join(missing)}" if missing else "not loaded"
+        self.teacher_info = ViewerText(name="Teachers", default_value=about, disabled=True)
+        self.teacher_loader = ViewerCheckbox(
+            name="Load the teachers",
+            default_value=False,
+            disabled=bool(missing),
+            cb_hook=self._load_teachers_for_viewer,
+            hint="Loads the teacher runs this student learned from, for side-by-side outputs",
+        )
+
+    def _load_teachers_for_viewer(self, box: ViewerCheckbox) -> None:
+        if not box.value or self.model.teachers is not None:
+            return
+        self.teacher_info.value = "loading..."
+        self.teachers = TeacherEnsemble.load(
+            self.config.teachers, self.device, self.config.teacher_weights, self.config.standard_teacher
+        )
+        self.model.attach_teachers(self.teachers)
+        self.teacher_info.value = (
+            ", ".join(f"{teacher.variant} {teacher.model.num_points}" for teacher in self.teachers.teachers)
+            + " Gaussians"
+        )
+        box.disabled = True
 
     @property
     def needs_teachers(self) -> bool:

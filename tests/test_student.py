@@ -587,6 +587,31 @@ def test_viewer_shows_teachers_next_to_the_student(small_scene, teacher_config):
     assert "teacher_blend" not in pipeline.model.get_outputs_for_camera(CAMERA)
 
 
+def test_a_finished_students_viewer_loads_its_teachers_only_when_asked(small_scene, teacher_config, tmp_path):
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    pipeline = _pipeline(small_scene, [teacher_config, teacher_config], test_mode="test")  # as ns-viewer / ns-eval
+    assert pipeline.teachers is None and pipeline.model.teachers is None  # nothing loaded for ns-eval
+    elements = dict(parse_object(pipeline, ViewerElement, "Custom Elements"))
+    loader = elements["Custom Elements/teacher_loader"]
+    assert not loader.disabled and not loader.value
+    loader.value = True
+    loader.cb_hook(loader)  # what viser's update does when the box is ticked
+    assert pipeline.model.teachers is not None and pipeline.model.show_teachers.visible
+    pipeline.eval()
+    outputs = pipeline.model.get_outputs_for_camera(CAMERA)
+    assert {"teacher_blend", "teacher_0_standard", "teacher_1_standard"} <= set(outputs)
+    count = pipeline.model.teachers.teachers[0].model.num_points
+    assert f"standard {count}" in elements["Custom Elements/teacher_info"].value
+
+    gone = _pipeline(small_scene, [teacher_config, tmp_path / "moved" / "config.yml"], test_mode="test")
+    elements = dict(parse_object(gone, ViewerElement, "Custom Elements"))
+    assert elements["Custom Elements/teacher_loader"].disabled
+    assert "1 of 2 teachers not found" in elements["Custom Elements/teacher_info"].value
+    assert "moved" in elements["Custom Elements/teacher_info"].value
+
+
 def test_entry_point_registers_the_student():
     from nerfstudio.plugins.registry import discover_methods
 
