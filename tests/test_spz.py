@@ -68,8 +68,8 @@ def test_round_trip_is_within_the_formats_quantisation(model, tmp_path):
     rest_error = (back.features_rest - g.features_rest).abs()
     rest_error[g.features_rest.abs() > 0.9] = 0.0  # SPZ clips SH coefficients to [-1, 1)
     assert rest_error[:, :3].max() <= 4.5 / 128 + 1e-5  # 5 bits: buckets of 8 steps
-    assert rest_error[:, 3:].max() <= 8.5 / 128 + 1e-5  # 4 bits: buckets of 16 steps
-    assert rest_error[:, 3:].max() > 4.5 / 128  # the higher bands really are coarser
+    assert rest_error[:, 3:].max() <= 4.5 / 128 + 1e-5  # 5 bits too (the reference's 4 cost the demo 0.27 dB)
+    assert rest_error.max() > 2.5 / 128  # and no finer: buckets of 8 steps, not 4
 
 
 def test_bytes_follow_the_reference_layout_in_rub(model, tmp_path):
