@@ -4,9 +4,10 @@
 Written from the format's reference description (nianticlabs/spz): positions as 24-bit fixed point with 12
 fractional bits, log scales as ``(s + 10) * 16`` in a byte, opacity after the sigmoid in a byte, the SH DC as a
 "wide" colour ``dc * 0.15 + 0.5`` in a byte, SH rounded to 5 significant bits (the reference encoder keeps 4 for
-bands 2 and 3, which costs a small splat 0.5 dB; the zeroed low bits are what gzip then squeezes). SPZ stores the RUB frame; a 3DGS PLY
-is read as RDF, so y and z are negated (positions, quaternions and the SH coefficients that change sign), exactly
-as the reference and PlayCanvas' splat-transform convert our PLY. ``read_spz`` undoes all of it, for round trips.
+bands 2 and 3, which costs a small splat 0.5 dB; the zeroed low bits are what gzip then squeezes). SPZ stores the
+RUB frame; a 3DGS PLY is read as RDF, so y and z are negated (positions, quaternions and the SH coefficients that
+change sign), exactly as the reference and PlayCanvas' splat-transform convert our PLY. ``read_spz`` undoes all of
+it, for round trips.
 """
 
 from __future__ import annotations
