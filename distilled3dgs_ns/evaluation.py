@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -124,6 +124,8 @@ class EvalCommand:
     compact: Path | None = None
     """A file written by ``distilled3dgs-export compact``, or an SPZ, compressed PLY or .splat file
     (``distilled3dgs-export save``): evaluate it instead of the checkpoint's Gaussians."""
+    frame: Literal["capture", "nerfstudio"] = "capture"
+    """The frame of a viewer file given to --compact: as ``distilled3dgs-export save --frame`` wrote it."""
     output_path: Path | None = None
     """Write the figures as JSON here (as well as printing them)."""
     max_views: int | None = None
@@ -135,9 +137,13 @@ class EvalCommand:
         pipeline = load_pipeline(self.load_config)
         source = str(self.load_config)
         if self.compact is not None:
-            from distilled3dgs_ns.compression import apply_to_model, read_gaussians
+            from distilled3dgs_ns.compression import apply_to_model, format_of, read_gaussians
+            from distilled3dgs_ns.compression.frame import from_capture
 
-            apply_to_model(pipeline.model, read_gaussians(self.compact, pipeline.model.config.sh_degree))
+            gaussians = read_gaussians(self.compact, pipeline.model.config.sh_degree)
+            if format_of(self.compact) is not None and self.frame == "capture":
+                gaussians = from_capture(gaussians, self.load_config)
+            apply_to_model(pipeline.model, gaussians)
             source = str(self.compact)
         result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats)
         figures: dict[str, Any] = {"source": source, **result.figures}

@@ -731,14 +731,15 @@ class Run:
         figures: dict[str, Any] = {**result.figures, "size_mb": ply.stat().st_size / 1e6, "ply": str(ply)}
         models = {name: {**figures, "train_s": record["train_s"]}}
         if student:
-            models.update(self.student_files(pipeline, exports, name, record["train_s"], result.rgb))
+            models.update(self.student_files(pipeline, Path(record["config"]), exports, record["train_s"], result.rgb))
         return self.book.finish(stage, key, models=models, views=str(views_dir))
 
     def student_files(
-        self, pipeline: Any, exports: Path, name: str, train_s: float, reference: list[Any]
+        self, pipeline: Any, config: Path, exports: Path, train_s: float, reference: list[Any]
     ) -> dict[str, dict[str, Any]]:
-        """Write the trained student's compact file and viewer files, then evaluate what each decodes to (rows
-        ``<name>-compact``, ``<name>-spz``...), with ``psnr_vs_model`` against the student's own renders."""
+        """Write the trained student's compact file and viewer files (these in the capture's frame), then evaluate
+        what each decodes to (rows ``student-compact``, ``student-spz``...), with ``psnr_vs_model`` against the
+        student's own renders."""
         from distilled3dgs_ns.compression import (
             FORMATS,
             CompactOptions,
@@ -747,10 +748,12 @@ class Run:
             gaussians_of,
             read_gaussians,
         )
+        from distilled3dgs_ns.compression.frame import from_capture, to_capture
         from distilled3dgs_ns.evaluation import evaluate_pipeline
 
         cfg = self.config
-        gaussians = gaussians_of(pipeline.model)
+        name = "student"
+        gaussians = to_capture(gaussians_of(pipeline.model), config)
         files: dict[str, tuple[Path, float]] = {}
         for kind in (["compact"] if cfg.compact else []) + list(cfg.viewer_formats):
             path = exports / f"{name}{FORMATS[kind].suffix if kind in FORMATS else '.compact'}"
@@ -762,7 +765,8 @@ class Run:
             files[kind] = (path, time.perf_counter() - start)
         rows: dict[str, dict[str, Any]] = {}
         for kind, (path, export_s) in files.items():
-            apply_to_model(pipeline.model, read_gaussians(path, pipeline.model.config.sh_degree))
+            decoded = read_gaussians(path, pipeline.model.config.sh_degree)
+            apply_to_model(pipeline.model, decoded if kind == "compact" else from_capture(decoded, config))
             result = evaluate_pipeline(
                 pipeline, cfg.eval_views, render_repeats=cfg.render_repeats, label=f"eval-{name}-{kind}",
                 reference=reference,

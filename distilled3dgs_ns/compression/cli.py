@@ -19,6 +19,7 @@ from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
 from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians, suffixes
+from distilled3dgs_ns.compression.frame import to_capture
 from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
 from distilled3dgs_ns.errors import UserError, one_line_errors
@@ -79,7 +80,7 @@ class Save:
     viewers open: ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian: SuperSplat, PlayCanvas, Spark, glTF tools),
     ``.compressed.ply`` (PlayCanvas' compressed PLY: SuperSplat and most web viewers), ``.splat`` (antimatter15's,
     32 bytes per Gaussian, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY). The format follows the
-    suffix of --output unless --format names it. Positions stay in nerfstudio's frame, as ns-export writes them."""
+    suffix of --output unless --format names it. A trained model is written in the capture's frame (see --frame)."""
 
     output: Path
     """The file to write: scene.spz, scene.compressed.ply, scene.splat or scene.ply."""
@@ -89,6 +90,10 @@ class Save:
     """A compact, SPZ, compressed PLY or .splat file to convert instead of a trained model."""
     format: FormatName | None = None
     """The format to write; by default the one --output's suffix names."""
+    frame: Literal["capture", "nerfstudio"] = "capture"
+    """capture: undo the dataparser transform (dataparser_transforms.json beside the config), so the file sits where
+    the capture (COLMAP, Polycam...) put the scene; nerfstudio: keep nerfstudio's frame (as ns-export 1.1.5 writes).
+    A file given as --input keeps its frame."""
     data: Path | None = None
     """The scene folder, when the config's data path (often relative to where ns-train ran) does not resolve here."""
 
@@ -106,6 +111,8 @@ class Save:
             gaussians = read_gaussians(self.input)
         else:
             gaussians = gaussians_of(splat_pipeline(self.load_config, self.data, "inference").model)
+            if self.frame == "capture":
+                gaussians = to_capture(gaussians, self.load_config)
         size = FORMATS[name].write(self.output, gaussians)
         ratio = float32_ply_bytes(gaussians.num_gaussians, gaussians.sh_degree) / size
         CONSOLE.print(
