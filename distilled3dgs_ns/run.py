@@ -160,6 +160,9 @@ class RunConfig:
     student_budget_stages: int = 4
     """Budget cuts, evenly spaced from --student-budget-at to --student-budget-until, each removing the same share
     of what is left: gradual pruning lets the survivors adapt between cuts."""
+    student_init: Literal["random", "teacher"] = "random"
+    """Where the student starts: random, the model's own initial points (then densify-then-prune); teacher, the
+    standard teacher's Gaussians, all SH bands on from the start, cut to the budget by the staged count cuts."""
     model_args: str = ""
     """ns-train options for every training (teachers and student), one string placed after the generated options so
     they win: --model-args="--pipeline.model.sh-degree 2". Replaces the preset's string (see configs/<preset>.yaml)."""
@@ -515,6 +518,8 @@ class Run:
         ]  # fmt: skip
         if cfg.student_cap_share is not None:
             options += ["--pipeline.model.max-gaussians", str(max(1, round(cfg.student_cap_share * teacher_count)))]
+        if cfg.student_init == "teacher":
+            options += ["--pipeline.init-from", str(self.standard_config()), "--pipeline.model.sh-degree-interval", "1"]
         if cfg.student_budget_share is not None:
             budget = str(max(1, round(cfg.student_budget_share * teacher_count)))
             options += [
@@ -624,9 +629,13 @@ class Run:
                 self.log(f"--redo: stage '{name}' will run again")
             pending += graph.get(name, [])
 
+    def standard_config(self) -> Path:
+        """Where the standard teacher's config.yml is (or will be)."""
+        return self.runs / self.standard_stage() / TEACHER_METHOD / TIMESTAMP / "config.yml"
+
     def check_all_options(self, data: Path) -> None:
         """Every training's command line parses (the baselines' with a stand-in count) before anything trains."""
-        standard = self.runs / self.standard_stage() / TEACHER_METHOD / TIMESTAMP / "config.yml"
+        standard = self.standard_config()
         teachers = [self.runs / name / TEACHER_METHOD / TIMESTAMP / "config.yml" for name in self.teacher_stages()]
         trainings = [*self.teacher_trainings(), self.student_training(teachers, 1)]
         if self.config.baselines:

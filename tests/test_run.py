@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -129,6 +130,19 @@ def _parse(training: Training, config: RunConfig, tmp_path: Path):
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
     return tyro.cli(AnnotatedBaseConfigUnion, args=ns_train_command(training, config, tmp_path, tmp_path, None)[1:])
+
+
+def test_a_teacher_initialised_student_starts_from_the_standard_teacher(tmp_path):
+    config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
+    run = Run(dataclasses.replace(config, student_init="teacher"), log=lambda _: None)
+    standard = tmp_path / "teacher" / "config.yml"
+    student = _parse(run.student_training([standard], 10_000), run.config, tmp_path).pipeline
+    assert student.init_from == run.standard_config() and student.model.sh_degree_interval == 1
+    assert student.teachers == [standard] and student.model.prune_count == round(0.148 * 10_000)
+    no_kd = _parse(run.baseline_trainings(standard, 10_000, StudentResult(1480, 0.7, True))[0], run.config, tmp_path)
+    assert no_kd.pipeline.init_from == run.standard_config()  # the same start, without the teachers' terms
+    plain = _parse(Run(config, log=lambda _: None).student_training([standard], 10_000), config, tmp_path)
+    assert plain.pipeline.init_from is None
 
 
 def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
