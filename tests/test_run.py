@@ -134,14 +134,16 @@ def _parse(training: Training, config: RunConfig, tmp_path: Path):
 
 def test_a_teacher_initialised_student_starts_from_the_standard_teacher(tmp_path):
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
-    run = Run(dataclasses.replace(config, student_init="teacher"), log=lambda _: None)
+    assert config.student_init == "teacher"  # the demo preset's recipe (issue 10)
+    run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
     student = _parse(run.student_training([standard], 10_000), run.config, tmp_path).pipeline
     assert student.init_from == run.standard_config() and student.model.sh_degree_interval == 1
     assert student.teachers == [standard] and student.model.prune_count == round(0.148 * 10_000)
     no_kd = _parse(run.baseline_trainings(standard, 10_000, StudentResult(1480, 0.7, True))[0], run.config, tmp_path)
     assert no_kd.pipeline.init_from == run.standard_config()  # the same start, without the teachers' terms
-    plain = _parse(Run(config, log=lambda _: None).student_training([standard], 10_000), config, tmp_path)
+    random_start = dataclasses.replace(config, student_init="random")
+    plain = _parse(Run(random_start, log=lambda _: None).student_training([standard], 10_000), random_start, tmp_path)
     assert plain.pipeline.init_from is None
 
 
@@ -149,13 +151,13 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
     run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
-    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.6, False))}
+    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.45, False))}
     assert set(trainings) == set(BASELINES)
     assert {t.steps for t in trainings.values()} == {config.student_steps}
     no_kd = _parse(trainings["baseline-no-kd"], config, tmp_path).pipeline
-    assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from is None
+    assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from == run.standard_config()
     assert (no_kd.model.kd_weight, no_kd.model.structure_weight) == (0, 0)
-    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.6)
+    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.45)
     student = _parse(run.student_training([standard], 10_000), config, tmp_path).pipeline.model
     assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own schedule
     pruned = _parse(trainings["baseline-pruned-teacher"], config, tmp_path).pipeline
