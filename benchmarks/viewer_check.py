@@ -1,6 +1,7 @@
 """The viewer in a real browser: start ns-viewer on a trained student, open it in headless Chromium, wait for a frame,
-measure the viewer process's CPU with the tab idle, load the teachers and switch to their blend, tick Split Screen, and
-look for tracebacks in the viewer's log (a dead render thread prints one).
+time the first 512 px and 1024 px frames, measure the viewer process's CPU with the tab idle, load the teachers and
+switch to their blend, tick Split Screen, and look for tracebacks in the viewer's log (a dead render thread prints
+one).
 
     python benchmarks/viewer_check.py --load-config outputs/demo/runs/student/distilled3dgs-student/run/config.yml
 
@@ -12,6 +13,7 @@ target, an idle tab costs the student's viewer under 2 CPU-seconds per 20 s.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -85,6 +87,16 @@ def wait_for_frame(page, path: Path, timeout_s: float) -> float:
     return spread
 
 
+def seconds_to_resolution(page, width: int, since: float, timeout_s: float) -> float | None:
+    """Seconds from ``since`` until the panel reports a frame ``width`` pixels wide (None: never, within the time)."""
+    pattern = re.compile(rf"Resolution: {width}\D")
+    while time.monotonic() - since < timeout_s:
+        if page.get_by_text(pattern).count():
+            return time.monotonic() - since
+        page.wait_for_timeout(100)
+    return None
+
+
 def main() -> None:
     args = tyro.cli(Args)
     from playwright.sync_api import sync_playwright
@@ -106,9 +118,17 @@ def main() -> None:
                 executable_path=str(chromium), headless=True, args=["--no-sandbox", "--use-gl=angle"]
             )
             page = browser.new_page(viewport=VIEWPORT)
+            opened = time.monotonic()
             page.goto(f"http://127.0.0.1:{args.port}")
+            full = seconds_to_resolution(page, 512, opened, args.timeout_s)
+            results["512 px frame"] = f"{full:.1f} s after opening the page (ok)" if full else "NEVER"
             spread = wait_for_frame(page, args.output_dir / "first_frame.png", args.timeout_s)
             results["first frame"] = f"pixel spread {spread:.1f} ({'ok' if spread > 20 else 'BLANK'})"
+            page.locator("input[value='512']:visible").first.fill("1024", timeout=10_000)  # the Max res box
+            page.keyboard.press("Enter")
+            asked = time.monotonic()
+            larger = seconds_to_resolution(page, 1024, asked, args.timeout_s)
+            results["1024 px frame"] = f"{larger:.1f} s after asking for it (ok)" if larger else "NEVER"
             time.sleep(5.0)  # let the viewer reach its full-resolution static frame
             start = cpu_seconds(viewer.pid)
             time.sleep(args.idle_s)
