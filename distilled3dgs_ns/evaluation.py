@@ -138,11 +138,11 @@ class EvalCommand:
         source = str(self.load_config)
         if self.compact is not None:
             from distilled3dgs_ns.compression import apply_to_model, format_of, read_gaussians
-            from distilled3dgs_ns.compression.frame import from_capture
+            from distilled3dgs_ns.compression.frame import Similarity, from_capture
 
             gaussians = read_gaussians(self.compact, pipeline.model.config.sh_degree)
             if format_of(self.compact) is not None and self.frame == "capture":
-                gaussians = from_capture(gaussians, self.load_config)
+                gaussians = from_capture(gaussians, Similarity.of_run(self.load_config))
             apply_to_model(pipeline.model, gaussians)
             source = str(self.compact)
         result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats)

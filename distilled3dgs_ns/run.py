@@ -757,33 +757,33 @@ class Run:
             gaussians_of,
             read_gaussians,
         )
-        from distilled3dgs_ns.compression.frame import from_capture, to_capture
+        from distilled3dgs_ns.compression.frame import Similarity, from_capture, to_capture
         from distilled3dgs_ns.evaluation import evaluate_pipeline
 
         cfg = self.config
-        name = "student"
-        gaussians = to_capture(gaussians_of(pipeline.model), config)
+        dataparser = Similarity.of_run(config)
         files: dict[str, tuple[Path, float]] = {}
-        for kind in (["compact"] if cfg.compact else []) + list(cfg.viewer_formats):
-            path = exports / f"{name}{FORMATS[kind].suffix if kind in FORMATS else '.compact'}"
-            start = time.perf_counter()
-            if kind == "compact":
-                export_compact(pipeline, None, path, CompactOptions())  # significance over the training views
-            else:
-                FORMATS[kind].write(path, gaussians)
+        if cfg.compact:
+            path, start = exports / "student.compact", time.perf_counter()
+            export_compact(pipeline, None, path, CompactOptions())  # significance over the training views
+            files["compact"] = (path, time.perf_counter() - start)
+        gaussians = to_capture(gaussians_of(pipeline.model), dataparser)
+        for kind in cfg.viewer_formats:
+            path, start = exports / f"student{FORMATS[kind].suffix}", time.perf_counter()
+            FORMATS[kind].write(path, gaussians)
             files[kind] = (path, time.perf_counter() - start)
         rows: dict[str, dict[str, Any]] = {}
         for kind, (path, export_s) in files.items():
             decoded = read_gaussians(path, pipeline.model.config.sh_degree)
-            apply_to_model(pipeline.model, decoded if kind == "compact" else from_capture(decoded, config))
+            apply_to_model(pipeline.model, decoded if kind == "compact" else from_capture(decoded, dataparser))
             result = evaluate_pipeline(
-                pipeline, cfg.eval_views, render_repeats=cfg.render_repeats, label=f"eval-{name}-{kind}",
+                pipeline, cfg.eval_views, render_repeats=cfg.render_repeats, label=f"eval-student-{kind}",
                 reference=reference,
             )  # fmt: skip
             figures = dict(result.figures)
             figures["psnr_vs_model"] = figures.pop("psnr_vs_reference")
             figures |= {"size_mb": path.stat().st_size / 1e6, "file": str(path), "train_s": train_s}
-            rows[f"{name}-{kind}"] = figures | {"export_s": export_s}
+            rows[f"student-{kind}"] = figures | {"export_s": export_s}
         return rows
 
     # -- everything

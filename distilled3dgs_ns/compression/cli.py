@@ -19,7 +19,7 @@ from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
 from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians, suffixes
-from distilled3dgs_ns.compression.frame import to_capture
+from distilled3dgs_ns.compression.frame import Similarity, to_capture
 from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
 from distilled3dgs_ns.errors import UserError, one_line_errors
@@ -112,7 +112,7 @@ class Save:
         else:
             gaussians = gaussians_of(splat_pipeline(self.load_config, self.data, "inference").model)
             if self.frame == "capture":
-                gaussians = to_capture(gaussians, self.load_config)
+                gaussians = to_capture(gaussians, Similarity.of_run(self.load_config))
         size = FORMATS[name].write(self.output, gaussians)
         ratio = float32_ply_bytes(gaussians.num_gaussians, gaussians.sh_degree) / size
         CONSOLE.print(

@@ -31,6 +31,8 @@ CHUNK_FIELDS = tuple(
 )
 """The 18 float32 properties of a chunk, in file order."""
 VERTEX_FIELDS = ("packed_position", "packed_rotation", "packed_scale", "packed_color")
+OTHERS = np.array([[j for j in range(4) if j != i] for i in range(4)])
+"""Row i: the three quaternion components kept when component i, the largest, is dropped."""
 SCALE_LIMIT = 20.0
 """Chunk bounds of log scales are clipped here, as the reference writer does (a scale can be -inf)."""
 
@@ -78,7 +80,7 @@ def _pack_quats(quats_wxyz: np.ndarray) -> np.ndarray:
     q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=-1, keepdims=True)
     largest = np.abs(q).argmax(axis=-1)
     q = q * np.where(np.take_along_axis(q, largest[..., None], -1) < 0, -1.0, 1.0)
-    others = np.stack([np.arange(4)[np.arange(4) != i] for i in range(4)])[largest]  # [..., 3] kept components
+    others = OTHERS[largest]  # [..., 3]
     kept = np.take_along_axis(q, others, -1) * math.sqrt(0.5) + 0.5
     packed = largest.astype(np.uint32) << 30
     for i, shift in enumerate((20, 10, 0)):
@@ -207,7 +209,7 @@ def _unpack_quats(bits: np.ndarray) -> np.ndarray:
     kept = (kept - 0.5) / math.sqrt(0.5)
     largest = (bits >> 30).astype(np.int64)
     q = np.zeros((len(bits), 4))
-    others = np.stack([np.arange(4)[np.arange(4) != i] for i in range(4)])[largest]
+    others = OTHERS[largest]
     np.put_along_axis(q, others, kept, -1)
     q[np.arange(len(bits)), largest] = np.sqrt(np.clip(1.0 - (kept**2).sum(axis=-1), 0.0, None))
     return q

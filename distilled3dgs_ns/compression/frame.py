@@ -107,7 +107,10 @@ def _multiply(p: Tensor, q: Tensor) -> Tensor:
 
 
 def transform_gaussians(gaussians: CompactGaussians, move: Similarity) -> CompactGaussians:
-    """The Gaussians after ``move`` (positions, scales, rotations and view-dependent colour); VQ codes rotate too."""
+    """The Gaussians after ``move`` (positions, scales, rotations and view-dependent colour); VQ codes rotate too.
+    The identity returns them as they are."""
+    if move.is_identity:
+        return gaussians
     g = gaussians
     dtype = g.means.dtype
     rotation, translation = move.rotation.to(torch.float64), move.translation.to(torch.float64)
@@ -129,13 +132,11 @@ def transform_gaussians(gaussians: CompactGaussians, move: Similarity) -> Compac
     )
 
 
-def to_capture(gaussians: CompactGaussians, config_path: Path) -> CompactGaussians:
-    """The Gaussians of the run at ``config_path`` moved from nerfstudio's frame into the capture's."""
-    move = Similarity.of_run(config_path)
-    return gaussians if move.is_identity else transform_gaussians(gaussians, move.inverse())
+def to_capture(gaussians: CompactGaussians, dataparser: Similarity) -> CompactGaussians:
+    """Gaussians moved from nerfstudio's frame into the capture's (``dataparser``: the run's ``Similarity.of_run``)."""
+    return transform_gaussians(gaussians, dataparser.inverse())
 
 
-def from_capture(gaussians: CompactGaussians, config_path: Path) -> CompactGaussians:
+def from_capture(gaussians: CompactGaussians, dataparser: Similarity) -> CompactGaussians:
     """Gaussians in the capture's frame (a viewer file) moved into the nerfstudio frame of the run's model."""
-    move = Similarity.of_run(config_path)
-    return gaussians if move.is_identity else transform_gaussians(gaussians, move)
+    return transform_gaussians(gaussians, dataparser)
