@@ -140,17 +140,13 @@ def test_save_command_writes_by_suffix_or_format(model, tmp_path, capsys):
 def test_splat_transform_reads_our_file(tmp_path):
     g = gaussians_of(_model(sh_degree=3, num_points=600, seed=3))
     write_compressed_ply(tmp_path / "scene.compressed.ply", g)
-    vertex = _read_back(tmp_path / "scene.compressed.ply", tmp_path)
+    theirs = _read_back(tmp_path / "scene.compressed.ply", tmp_path)
     ours = read_compressed_ply(tmp_path / "scene.compressed.ply")
-    assert len(vertex) == g.num_gaussians
-    positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
-    assert np.abs(positions - ours.means.numpy()).max() < 1e-5
-    scales = np.stack([np.asarray(vertex[f"scale_{i}"]) for i in range(3)], axis=1)
-    assert np.abs(scales - ours.scales.numpy()).max() < 1e-4
-    rest = np.stack([np.asarray(vertex[f"f_rest_{i}"]) for i in range(45)], axis=1).reshape(-1, 3, 15)
-    assert np.abs(rest.transpose(0, 2, 1) - ours.features_rest.numpy()).max() < 1e-5
-    quats = np.stack([np.asarray(vertex[f"rot_{i}"]) for i in range(4)], axis=1)
-    assert np.abs((quats * ours.quats.numpy()).sum(axis=1)).min() > 0.9999
+    assert len(theirs["means"]) == g.num_gaussians
+    assert np.abs(theirs["means"] - ours.means.numpy()).max() < 1e-5
+    assert np.abs(theirs["scales"] - ours.scales.numpy()).max() < 1e-4
+    assert np.abs(theirs["rest"] - ours.features_rest.numpy()).max() < 1e-5
+    assert np.abs((theirs["quats"] * ours.quats.numpy()).sum(axis=1)).min() > 0.9999
 
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")

@@ -25,12 +25,28 @@ from distilled3dgs_ns.rasterization.sh import sh_bases
 SPLAT_TRANSFORM = os.environ.get("SPLAT_TRANSFORM") or shutil.which("splat-transform")
 
 
-def _read_back(source, tmp_path):
-    """The vertices of ``source`` after splat-transform converted it to a PLY."""
+def _read_back(source, tmp_path) -> dict[str, np.ndarray]:
+    """``source`` after splat-transform converted it to a PLY: ``means``, ``scales``, ``quats`` (as stored, wxyz),
+    ``opacity`` (logit), and ``rest`` ``[N, K-1, 3]`` where the PLY has SH rest coefficients."""
     from plyfile import PlyData
 
     subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(source), str(tmp_path / "back.ply")], check=True)
-    return PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
+    names = [prop.name for prop in vertex.properties]
+
+    def stack(*columns: str) -> np.ndarray:
+        return np.stack([np.asarray(vertex[name]) for name in columns], axis=1)
+
+    fields = {
+        "means": stack("x", "y", "z"),
+        "scales": stack("scale_0", "scale_1", "scale_2"),
+        "quats": stack("rot_0", "rot_1", "rot_2", "rot_3"),
+        "opacity": np.asarray(vertex["opacity"]).copy(),
+    }
+    rest = [name for name in names if name.startswith("f_rest_")]
+    if rest:
+        fields["rest"] = stack(*rest).reshape(len(vertex), 3, -1).transpose(0, 2, 1)
+    return fields
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +117,12 @@ def test_decoded_scene_renders_like_the_model(model, tmp_path):
 def test_splat_transform_reads_our_file(tmp_path):
     g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
     write_spz(tmp_path / "scene.spz", g)
-    vertex = _read_back(tmp_path / "scene.spz", tmp_path)
+    theirs = _read_back(tmp_path / "scene.spz", tmp_path)
     ours = read_spz(tmp_path / "scene.spz")
-    assert len(vertex) == g.num_gaussians
-    positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
-    assert np.abs(positions - g.means.numpy()).max() <= 0.5 / 4096 + 1e-5
-    rest = np.stack([np.asarray(vertex[f"f_rest_{i}"]) for i in range(45)], axis=1).reshape(-1, 3, 15)
-    assert np.abs(rest.transpose(0, 2, 1) - ours.features_rest.numpy()).max() < 1e-5
-    quats = np.stack([np.asarray(vertex[f"rot_{i}"]) for i in range(4)], axis=1)
-    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    assert len(theirs["means"]) == g.num_gaussians
+    assert np.abs(theirs["means"] - g.means.numpy()).max() <= 0.5 / 4096 + 1e-5
+    assert np.abs(theirs["rest"] - ours.features_rest.numpy()).max() < 1e-5
+    quats = theirs["quats"] / np.linalg.norm(theirs["quats"], axis=1, keepdims=True)
     assert np.abs((quats * ours.quats.numpy()).sum(axis=1)).min() > 0.9999
 
 
@@ -153,12 +166,10 @@ def test_splat_round_trip_drops_only_the_sh_rest(model, tmp_path):
 def test_splat_transform_reads_our_splat_file(tmp_path):
     g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
     write_splat(tmp_path / "scene.splat", g)
-    vertex = _read_back(tmp_path / "scene.splat", tmp_path)
+    theirs = _read_back(tmp_path / "scene.splat", tmp_path)
     ours = read_splat(tmp_path / "scene.splat", sh_degree=0)
-    assert len(vertex) == g.num_gaussians
-    positions = np.stack([np.asarray(vertex[axis]) for axis in "xyz"], axis=1)
-    assert np.array_equal(positions, ours.means.numpy())
-    scales = np.stack([np.asarray(vertex[f"scale_{i}"]) for i in range(3)], axis=1)
-    assert np.abs(scales - ours.scales.numpy()).max() < 1e-5
-    alpha = torch.sigmoid(torch.from_numpy(np.asarray(vertex["opacity"]).copy()))
+    assert len(theirs["means"]) == g.num_gaussians
+    assert np.array_equal(theirs["means"], ours.means.numpy())
+    assert np.abs(theirs["scales"] - ours.scales.numpy()).max() < 1e-5
+    alpha = torch.sigmoid(torch.from_numpy(theirs["opacity"]))
     assert (alpha - torch.sigmoid(ours.opacities).view(-1)).abs().max() < 1e-3
