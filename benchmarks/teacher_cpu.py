@@ -36,18 +36,26 @@ class Args:
     """--machine.device-type of the training (cuda for the GPU check)."""
 
 
-def run(args: Args) -> dict:
-    name = f"teacher-{args.variant}-{args.steps}"
-    train_cmd = [
+def train_command(args: Args, name: str) -> list[str]:
+    """The ns-train command of one benchmark teacher; its run lands in ``run_dir(args, name)``."""
+    return [
         "ns-train", "distilled3dgs-teacher", "--data", str(args.data), "--output-dir", str(args.output_dir),
         "--experiment-name", name, "--timestamp", "bench", "--pipeline.model.variant", args.variant,
         "--max-num-iterations", str(args.steps), "--machine.device-type", args.device, "--vis", "tensorboard",
         "--steps-per-eval-all-images", str(10 * args.steps), *shlex.split(args.extra), args.dataparser,
     ]  # fmt: skip
+
+
+def run_dir(args: Args, name: str) -> Path:
+    return args.output_dir / name / "distilled3dgs-teacher" / "bench"
+
+
+def run(args: Args) -> dict:
+    name = f"teacher-{args.variant}-{args.steps}"
     start = time.perf_counter()
-    subprocess.run(train_cmd, check=True)
+    subprocess.run(train_command(args, name), check=True)
     train_s = time.perf_counter() - start
-    config = args.output_dir / name / "distilled3dgs-teacher" / "bench" / "config.yml"
+    config = run_dir(args, name) / "config.yml"
     eval_json = args.output_dir / f"{name}-eval.json"
     subprocess.run(["ns-eval", "--load-config", str(config), "--output-path", str(eval_json)], check=True)
     results = json.loads(eval_json.read_text())["results"]

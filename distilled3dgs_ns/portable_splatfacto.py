@@ -28,6 +28,7 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from distilled3dgs_ns.checkpoints import check_finite, gaussian_state
+from distilled3dgs_ns.cpu_threads import AdaptiveThreads, FixedThreads, thread_policy
 from distilled3dgs_ns.lpips_metric import OptionalLPIPS
 from distilled3dgs_ns.rasterization import rasterization
 from distilled3dgs_ns.strategy import CappedStrategy
@@ -63,6 +64,10 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
     pure-PyTorch rasteriser everywhere (for comparisons and debugging)."""
     max_gaussians: int | None = None
     """Cap on the count during densification (None: splatfacto's uncapped growth); for same-budget comparisons."""
+    cpu_threads: int | None = None
+    """torch threads when training on a CPU. None: as many as the cores other programs leave free, re-checked every
+    second (at most torch's default, or OMP_NUM_THREADS), since torch's threads stall each other on a shared core;
+    a number: exactly that many."""
 
 
 class PortableSplatfactoModel(SplatfactoModel):
@@ -109,6 +114,7 @@ class PortableSplatfactoModel(SplatfactoModel):
             )
         self.strategy = self._make_strategy()
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.cpu_policy: AdaptiveThreads | FixedThreads | None = None
 
     def _initial_points(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Seed points (and their uint8 colours, if any), or splatfacto's uniform random cube."""
@@ -153,6 +159,15 @@ class PortableSplatfactoModel(SplatfactoModel):
     def step_cb(self, optimizers: Optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
         self._rebind_optimizers()
+        self._follow_free_cores()
+
+    def _follow_free_cores(self) -> None:
+        """On a CPU, re-choose torch's thread count from the machine's load (see cpu_threads.py)."""
+        if self.device.type != "cpu":
+            return
+        if self.cpu_policy is None:
+            self.cpu_policy = thread_policy(self.config.cpu_threads)
+        self.cpu_policy.update()
 
     def step_post_backward(self, step: int) -> None:
         """Densify as splatfacto does, then stop a diverged training before its NaNs reach a checkpoint."""

@@ -7,6 +7,7 @@ import torch
 from helpers import look_at_camera, make_model
 from nerfstudio.engine.optimizers import Optimizers
 
+from distilled3dgs_ns.cpu_threads import AdaptiveThreads
 from distilled3dgs_ns.method_configs import splatfacto_optimizers
 from distilled3dgs_ns.teacher import TeacherModelConfig
 
@@ -143,3 +144,18 @@ def test_resume_rebinds_optimizers_to_loaded_parameters():
         assert optimizer.param_groups[0]["params"][0] is param
         assert optimizer.state[param]["exp_avg"].shape == param.shape
     assert resumed.num_points == trained.num_points
+
+
+def test_a_cpu_training_applies_its_thread_setting_at_the_first_step():
+    start = torch.get_num_threads()
+    try:
+        fixed = _teacher(cpu_threads=1)
+        fixed.step_cb(_optimizers(fixed), 0)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(start)
+        adaptive = _teacher()
+        adaptive.step_cb(_optimizers(adaptive), 0)
+        assert isinstance(adaptive.cpu_policy, AdaptiveThreads)
+        assert adaptive.cpu_policy.max_threads == start
+    finally:
+        torch.set_num_threads(start)

@@ -1,0 +1,123 @@
+"""The CPU thread policy: counts chosen from the load other programs put on our cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distilled3dgs_ns.cpu_threads import (
+    AdaptiveThreads,
+    CpuSample,
+    FixedThreads,
+    cores_used_by_others,
+    read_sample,
+    thread_policy,
+)
+
+
+def machine(others: list[float], own: float = 1.0) -> list[CpuSample]:
+    """Samples one second apart; in second i other programs keep ``others[i]`` of our cores busy."""
+    samples = [CpuSample(wall_s=0.0, busy_s=0.0, own_s=0.0)]
+    for second, busy in enumerate(others, start=1):
+        last = samples[-1]
+        samples.append(CpuSample(wall_s=float(second), busy_s=last.busy_s + busy + own, own_s=last.own_s + own))
+    return samples
+
+
+def run_policy(policy: AdaptiveThreads, samples: list[CpuSample]) -> list[int]:
+    return [policy.observe(sample) for sample in samples]
+
+
+def test_others_are_the_busy_time_less_our_own():
+    before = CpuSample(wall_s=10.0, busy_s=100.0, own_s=40.0)
+    after = CpuSample(wall_s=12.0, busy_s=104.0, own_s=42.5)
+    assert cores_used_by_others(before, after) == pytest.approx(0.75)
+
+
+def test_an_idle_machine_keeps_every_thread():
+    policy = AdaptiveThreads(max_threads=2, cores={0, 1})
+    assert run_policy(policy, machine([0.1] * 5)) == [2] * 6
+
+
+def test_a_busy_program_takes_a_thread_at_once():
+    # Beside one busy process, 3 runnable threads share 2 cores: the other program gets about 2/3 of one.
+    policy = AdaptiveThreads(max_threads=2, cores={0, 1})
+    assert run_policy(policy, machine([0.67] * 3)) == [2, 1, 1, 1]
+
+
+def test_the_thread_comes_back_only_after_the_core_stays_free():
+    policy = AdaptiveThreads(max_threads=2, cores={0, 1}, rise_after=2)
+    # Free for one second, busy again, then free for good: the pause does not bring the thread back.
+    samples = machine([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    assert run_policy(policy, samples) == [2, 1, 1, 1, 1, 1, 2, 2]
+
+
+def test_never_more_than_the_cap_nor_fewer_than_one():
+    many = AdaptiveThreads(max_threads=4, cores=set(range(16)))
+    assert many.wanted(0.0) == 4
+    assert many.wanted(14.0) == 2
+    assert many.wanted(20.0) == 1
+
+
+def test_samples_closer_than_the_interval_change_nothing():
+    policy = AdaptiveThreads(max_threads=2, cores={0, 1}, interval_s=1.0)
+    samples = [CpuSample(wall_s=t / 10, busy_s=t / 10 * 2.0, own_s=t / 10) for t in range(9)]
+    assert run_policy(policy, samples) == [2] * 9
+
+
+def test_proc_stat_counts_only_our_cores(tmp_path: Path):
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    stat.write_text(
+        f"cpu  {9 * ticks} 0 0 0 0 0 0 0 0 0\n"
+        f"cpu0 {ticks} 0 {ticks} 500 7 0 0 0 0 0\n"
+        f"cpu1 {5 * ticks} 0 0 500 0 0 0 0 0 0\n"
+        f"cpu2 {3 * ticks} 0 0 500 0 0 0 0 0 0\n"
+        "intr 1 2 3\n"
+    )
+    sample = read_sample({0, 2}, stat)
+    assert sample is not None
+    assert sample.busy_s == pytest.approx(5.0)
+
+
+def test_no_proc_stat_means_no_sample(tmp_path: Path):
+    assert read_sample({0}, tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_a_real_busy_process_is_seen():
+    cores = set(os.sched_getaffinity(0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        before = read_sample(cores)
+        time.sleep(1.0)
+        after = read_sample(cores)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert before is not None and after is not None
+    assert cores_used_by_others(before, after) > 0.5
+
+
+def test_a_fixed_count_is_set_and_kept():
+    start = torch.get_num_threads()
+    try:
+        policy = thread_policy(1)
+        assert isinstance(policy, FixedThreads)
+        policy.update()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(start)
+
+
+def test_the_adaptive_cap_is_torchs_count_at_start():
+    policy = thread_policy(None)
+    assert isinstance(policy, AdaptiveThreads)
+    assert policy.max_threads == torch.get_num_threads()
