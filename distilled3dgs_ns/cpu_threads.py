@@ -67,10 +67,10 @@ def cores_used_by_others(before: CpuSample, after: CpuSample) -> float:
 class AdaptiveThreads:
     """A thread count that drops at once when other programs take cores and rises again once they stay free.
 
-    ``update`` is cheap (one read of ``/proc/stat`` per ``interval_s``): call it before every training step. A core
-    counts as taken when other programs keep it busy at least ``taken_share`` of the time. Dropping is immediate (a
-    stalled pool costs 5x); rising waits for ``rise_after`` consecutive free intervals, so a program that pauses
-    briefly does not flip the count back and forth.
+    ``update`` is cheap (at most one read of ``/proc/stat`` per ``interval_s``): call it before every training step
+    and render. A core counts as taken when other programs keep it busy at least ``taken_share`` of the time. Dropping
+    is immediate (a stalled pool costs 5x); rising waits for ``rise_after`` consecutive free intervals, so a program
+    that pauses briefly does not flip the count back and forth.
     """
 
     max_threads: int
@@ -110,12 +110,16 @@ class AdaptiveThreads:
         return self.threads
 
     def update(self) -> None:
-        """Sample the machine and set torch's thread count when it changed."""
-        sample = read_sample(self.cores)
-        if sample is None:
-            return
-        before = self.threads
-        if self.observe(sample) != before:
+        """Sample the machine and set the calling thread's torch thread count when it differs.
+
+        torch keeps the count per calling thread (OpenMP), so the training thread and the viewer's render thread
+        each pick the current count up when they call this.
+        """
+        due = self._last is None or time.monotonic() - self._last.wall_s >= self.interval_s
+        sample = read_sample(self.cores) if due else None
+        if sample is not None:
+            self.observe(sample)
+        if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
 
@@ -125,11 +129,10 @@ class FixedThreads:
 
     threads: int
 
-    def __post_init__(self) -> None:
-        torch.set_num_threads(self.threads)
-
     def update(self) -> None:
-        """Nothing to re-choose."""
+        """Set the calling thread's torch thread count (torch keeps one per thread)."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
 
 def thread_policy(threads: int | None) -> AdaptiveThreads | FixedThreads:

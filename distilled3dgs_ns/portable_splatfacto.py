@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct
 from nerfstudio.models.splatfacto import (
@@ -159,10 +160,11 @@ class PortableSplatfactoModel(SplatfactoModel):
     def step_cb(self, optimizers: Optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
         self._rebind_optimizers()
-        self._follow_free_cores()
+        self.follow_free_cores()
 
-    def _follow_free_cores(self) -> None:
-        """On a CPU, re-choose torch's thread count from the machine's load (see cpu_threads.py)."""
+    def follow_free_cores(self) -> None:
+        """On a CPU, re-choose torch's thread count from the machine's load (see cpu_threads.py): before every
+        training step and every render for evaluation or the viewer (which renders on its own thread)."""
         if self.device.type != "cpu":
             return
         if self.cpu_policy is None:
@@ -266,6 +268,12 @@ class PortableSplatfactoModel(SplatfactoModel):
             rasterize_mode=self.config.rasterize_mode,
             backend=self.config.rasterizer,
         )
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: OrientedBox | None = None) -> dict[str, torch.Tensor]:
+        """Splatfacto's eval render (ns-eval, our evaluation, the viewer's thread) at the thread count of the moment."""
+        self.follow_free_cores()
+        return super().get_outputs_for_camera(camera, obb_box)
 
     def get_outputs(self, camera: Cameras) -> dict[str, torch.Tensor]:
         """Render one camera: ``rgb``, ``accumulation``, ``background`` and (eval, or if asked) ``depth``."""

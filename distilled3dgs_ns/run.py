@@ -178,7 +178,8 @@ class RunConfig:
     """Teachers trained at the same time on a CPU (with --devices: one per GPU instead). On a CPU, several
     single-threaded trainings use the cores better than one multi-threaded training."""
     threads: int | None = None
-    """CPU threads per process (default: the cores divided among the --jobs trainings)."""
+    """Most CPU threads per process (default: the cores divided among the --jobs trainings). Each training and
+    evaluation uses fewer while other programs keep cores busy (see "Training beside other work" in the README)."""
     save_every: int = 2000
     """Checkpoint period of every training, in steps: the most a crash can lose."""
     eval_views: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +122,26 @@ def test_the_adaptive_cap_is_torchs_count_at_start():
     policy = thread_policy(None)
     assert isinstance(policy, AdaptiveThreads)
     assert policy.max_threads == torch.get_num_threads()
+
+
+def count_in_new_thread(policy: AdaptiveThreads | FixedThreads) -> int:
+    """The torch thread count a fresh thread (the viewer's render thread, say) has after calling ``update``."""
+    seen: list[int] = []
+
+    def render() -> None:
+        policy.update()
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=render)
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs torch to start with 2 threads or more")
+def test_every_calling_thread_gets_the_count():
+    start = torch.get_num_threads()
+    assert count_in_new_thread(FixedThreads(1)) == 1
+    adaptive = AdaptiveThreads(max_threads=start, threads=1)
+    assert count_in_new_thread(adaptive) == 1
+    assert torch.get_num_threads() == start  # torch keeps one count per thread: the main thread's is untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from helpers import look_at_camera, make_model
@@ -159,3 +161,19 @@ def test_a_cpu_training_applies_its_thread_setting_at_the_first_step():
         assert adaptive.cpu_policy.max_threads == start
     finally:
         torch.set_num_threads(start)
+
+
+def test_a_render_on_another_thread_uses_the_setting_too():
+    """The viewer renders on its own thread, whose torch thread count is its own."""
+    model = _teacher(cpu_threads=1)
+    model.eval()
+    seen: list[int] = []
+
+    def viewer_render() -> None:
+        model.get_outputs_for_camera(look_at_camera((2.0, 0.5, 1.0), size=16))
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=viewer_render)
+    worker.start()
+    worker.join()
+    assert seen == [1]
