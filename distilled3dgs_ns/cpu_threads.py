@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from nerfstudio.utils.rich_utils import CONSOLE
 
 PROC_STAT = Path("/proc/stat")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -98,7 +99,9 @@ class AdaptiveThreads:
         if sample.wall_s - self._last.wall_s < self.interval_s:
             return self.threads
         last, self._last = self._last, sample
-        wanted = self.wanted(cores_used_by_others(last, sample))
+        others = cores_used_by_others(last, sample)
+        wanted = self.wanted(others)
+        before = self.threads
         if wanted < self.threads:
             self.threads, self._free_streak = wanted, 0
         elif wanted > self.threads:
@@ -107,6 +110,8 @@ class AdaptiveThreads:
                 self.threads, self._free_streak = wanted, 0
         else:
             self._free_streak = 0
+        if self.threads != before:
+            CONSOLE.log(f"CPU threads {before} -> {self.threads}: other programs keep {others:.1f} cores busy")
         return self.threads
 
     def update(self) -> None:

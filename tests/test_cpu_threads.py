@@ -46,6 +46,12 @@ def test_an_idle_machine_keeps_every_thread():
     assert run_policy(policy, machine([0.1] * 5)) == [2] * 6
 
 
+def test_a_change_is_told_once(capsys):
+    policy = AdaptiveThreads(max_threads=2, cores={0, 1})
+    run_policy(policy, machine([0.67] * 3))
+    assert capsys.readouterr().out.count("CPU threads 2 -> 1: other programs keep 0.7 cores busy") == 1
+
+
 def test_a_busy_program_takes_a_thread_at_once():
     # Beside one busy process, 3 runnable threads share 2 cores: the other program gets about 2/3 of one.
     policy = AdaptiveThreads(max_threads=2, cores={0, 1})

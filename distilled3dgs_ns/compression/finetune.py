@@ -20,6 +20,7 @@ from torch import Tensor
 from distilled3dgs_ns.compression.compact_format import CompactGaussians
 from distilled3dgs_ns.compression.encode import pack
 from distilled3dgs_ns.compression.model_io import apply_to_model, model_params
+from distilled3dgs_ns.cpu_threads import thread_policy
 from distilled3dgs_ns.progress import progress_bar
 
 ViewSource = Callable[[int], tuple[Cameras, dict[str, Tensor]]]
@@ -66,10 +67,13 @@ def finetune_compact(
     optimizers.append(torch.optim.Adam([codebook], lr=options.features_rest_lr, eps=1e-15))
     was_training = model.training
     model.eval()
+    threads = thread_policy(None) if rows.device.type == "cpu" else None  # follow the free cores (cpu_threads.py)
     losses: list[float] = []
     try:
         with progress_bar("fine-tuning (VQ assignment fixed)", options.steps, progress) as advance:
             for step in range(options.steps):
+                if threads is not None:
+                    threads.update()
                 camera, batch = views(step)
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
