@@ -10,6 +10,7 @@ measured from ``/proc/stat`` (Linux); elsewhere torch's own choice is kept.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -92,11 +93,15 @@ class AdaptiveThreads:
         taken = int(others + 1.0 - self.taken_share)
         return max(1, min(self.max_threads, len(self.cores) - taken))
 
+    def _due(self, now: float) -> bool:
+        """Whether a sample taken at ``now`` is far enough from the last one to count."""
+        return self._last is None or now - self._last.wall_s >= self.interval_s
+
     def observe(self, sample: CpuSample) -> int:
         """Fold in one sample; the thread count to use from now on."""
         if self._last is None:
             self._last = sample
-        if sample.wall_s - self._last.wall_s < self.interval_s:
+        if not self._due(sample.wall_s):
             return self.threads
         last, self._last = self._last, sample
         others = cores_used_by_others(last, sample)
@@ -120,12 +125,10 @@ class AdaptiveThreads:
         torch keeps the count per calling thread (OpenMP), so the training thread and the viewer's render thread
         each pick the current count up when they call this.
         """
-        due = self._last is None or time.monotonic() - self._last.wall_s >= self.interval_s
-        sample = read_sample(self.cores) if due else None
+        sample = read_sample(self.cores) if self._due(time.monotonic()) else None
         if sample is not None:
             self.observe(sample)
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        apply_threads(self.threads)
 
 
 @dataclass
@@ -135,16 +138,23 @@ class FixedThreads:
     threads: int
 
     def update(self) -> None:
-        """Set the calling thread's torch thread count (torch keeps one per thread)."""
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        """Set the calling thread's torch thread count."""
+        apply_threads(self.threads)
 
 
+def apply_threads(threads: int) -> None:
+    """Give the calling thread ``threads`` torch threads (torch keeps one count per calling thread)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@functools.cache
 def thread_policy(threads: int | None) -> AdaptiveThreads | FixedThreads:
-    """The CPU thread policy for a setting: ``threads`` fixed, or None to follow the free cores.
+    """The process's CPU thread policy for a setting: ``threads`` fixed, or None to follow the free cores.
 
-    The adaptive count never exceeds torch's count at start, which honours ``OMP_NUM_THREADS`` (how
-    ``distilled3dgs-run --jobs`` divides the cores among parallel trainings).
+    One per process and setting, so every model (the student, teachers rendered in the viewer) and the export's
+    fine-tuning share one count and one view of the load. The adaptive count never exceeds torch's count at the first
+    call, which honours ``OMP_NUM_THREADS`` (how ``distilled3dgs-run --jobs`` divides the cores among trainings).
     """
     if threads is not None:
         return FixedThreads(threads)

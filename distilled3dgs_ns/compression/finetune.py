@@ -67,7 +67,7 @@ def finetune_compact(
     optimizers.append(torch.optim.Adam([codebook], lr=options.features_rest_lr, eps=1e-15))
     was_training = model.training
     model.eval()
-    threads = thread_policy(None) if rows.device.type == "cpu" else None  # follow the free cores (cpu_threads.py)
+    threads = thread_policy(None) if rows.device.type == "cpu" else None  # the process's policy (cpu_threads.py)
     losses: list[float] = []
     try:
         with progress_bar("fine-tuning (VQ assignment fixed)", options.steps, progress) as advance:
