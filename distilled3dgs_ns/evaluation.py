@@ -26,7 +26,7 @@ from distilled3dgs_ns.errors import one_line_errors
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.progress import progress_bar
 
-METRIC_KEYS = ("psnr", "ssim", "lpips")
+METRIC_KEYS = ("psnr", "ssim", "lpips", "depth_abs_rel")
 
 
 @dataclass

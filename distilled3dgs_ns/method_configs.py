@@ -8,7 +8,6 @@ at module level; doing so binds the table before our methods are in it (``KeyErr
 from __future__ import annotations
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -16,6 +15,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from distilled3dgs_ns.depth import DepthDatamanagerConfig
 from distilled3dgs_ns.errors import install_excepthook
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
@@ -68,7 +68,7 @@ def teacher_config() -> TrainerConfig:
         max_num_iterations=PAPER_STEPS,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=FullImageDatamanagerConfig(
+            datamanager=DepthDatamanagerConfig(
                 dataparser=NerfstudioDataParserConfig(load_3D_points=True),
                 cache_images_type="uint8",
             ),

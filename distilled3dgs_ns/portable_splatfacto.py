@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import OrientedBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct
 from nerfstudio.models.splatfacto import (
@@ -30,8 +31,17 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from distilled3dgs_ns.checkpoints import check_finite, gaussian_state
 from distilled3dgs_ns.cpu_threads import AdaptiveThreads, FixedThreads, thread_policy
+from distilled3dgs_ns.depth import (
+    DEPTH_KEY,
+    DepthMapError,
+    depth_abs_rel,
+    downscale_depth,
+    exponential_weight,
+    inverse_depth_l1,
+)
 from distilled3dgs_ns.lpips_metric import OptionalLPIPS
 from distilled3dgs_ns.rasterization import rasterization
+from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, run_length_of
 from distilled3dgs_ns.strategy import CappedStrategy
 from distilled3dgs_ns.viewer_controls import SplitScreenDefault, StartAtTrainingCamera
 
@@ -69,6 +79,11 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
     """torch threads when training on a CPU. None: as many as the cores other programs leave free, re-checked every
     second (at most torch's default, or OMP_NUM_THREADS), since torch's threads stall each other on a shared core;
     a number: exactly that many."""
+    depth_weight: float = 0.0
+    """Weight of the inverse-depth L1 against the depth maps (--pipeline.datamanager.depth-maps) at the start of the
+    run (the official teachers': 1.0); 0: off."""
+    depth_weight_final: float = 0.01
+    """Its weight at the end of the run, reached by exponential decay from depth_weight (official: 0.01)."""
 
 
 class PortableSplatfactoModel(SplatfactoModel):
@@ -116,6 +131,7 @@ class PortableSplatfactoModel(SplatfactoModel):
         self.strategy = self._make_strategy()
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.cpu_policy: AdaptiveThreads | FixedThreads | None = None
+        self.run_length = PAPER_RUN_LENGTH
 
     def _initial_points(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Seed points (and their uint8 colours, if any), or splatfacto's uniform random cube."""
@@ -156,6 +172,42 @@ class PortableSplatfactoModel(SplatfactoModel):
         )
 
     # ----------------------------------------------------------------------------------------------------- training
+
+    def set_run_length(self, run_length: int) -> None:
+        """Resolve the schedules written as fractions of the run."""
+        self.run_length = run_length
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            self.set_run_length(run_length_of(trainer))
+        pipeline = training_callback_attributes.pipeline
+        if self.config.depth_weight > 0 and pipeline is not None:
+            self.check_depth_targets(pipeline.datamanager)
+        return super().get_training_callbacks(training_callback_attributes)
+
+    def check_depth_targets(self, datamanager) -> None:
+        """Before the first step: the depth loss needs training images with depth maps."""
+        if not getattr(datamanager, "has_depth", False):
+            raise DepthMapError(
+                f"--pipeline.model.depth-weight {self.config.depth_weight} needs depth maps: pass "
+                "--pipeline.datamanager.depth-maps metric|relative with data whose frames have depth_file_path"
+            )
+
+    def depth_weight_at(self, step: int) -> float:
+        """The depth loss's weight at ``step``: depth_weight decaying exponentially to depth_weight_final."""
+        return exponential_weight(self.config.depth_weight, self.config.depth_weight_final, step / self.run_length)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, torch.Tensor]:
+        """Splatfacto's losses, plus the inverse-depth L1 where the image has a depth target and the weight is on."""
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        weight = self.depth_weight_at(self.step) if self.training and DEPTH_KEY in batch else 0.0
+        if weight > 0:
+            target = downscale_depth(batch[DEPTH_KEY], self._get_downscale_factor()).to(self.device)
+            loss_dict["depth_loss"] = weight * inverse_depth_l1(outputs["depth"], target)
+        return loss_dict
 
     def step_cb(self, optimizers: Optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
@@ -294,7 +346,8 @@ class PortableSplatfactoModel(SplatfactoModel):
                     int(camera.width.item()), int(camera.height.item()), self.background_color
                 )
 
-        render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
+        wants_depth = self.config.output_depth_during_training or self.config.depth_weight > 0
+        render_mode = "RGB+ED" if wants_depth or not self.training else "RGB"
         render, alpha, self.info = self._rasterize(camera, camera_to_worlds, render_mode, crop_ids)
         if self.training:
             self.strategy.step_pre_backward(
@@ -333,6 +386,10 @@ class PortableSplatfactoModel(SplatfactoModel):
             metrics.update(self._image_metrics(color_correct(predicted_rgb, gt_rgb), gt_rgb, prefix="cc_"))
         metrics["num_gaussians"] = float(self.num_points)
         metrics["size_mb"] = self.size_mb
+        if DEPTH_KEY in batch and "depth" in outputs:
+            error = depth_abs_rel(outputs["depth"], batch[DEPTH_KEY].to(self.device))
+            if error is not None:
+                metrics["depth_abs_rel"] = error
         return metrics, images
 
     def _image_metrics(self, predicted: torch.Tensor, gt: torch.Tensor, prefix: str) -> dict[str, float]:

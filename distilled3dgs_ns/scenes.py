@@ -32,6 +32,13 @@ FORMAT_VERSION = 1
 """Bump whenever the geometry, textures, lighting, cameras or file layout change, so old folders are rewritten."""
 META_FILENAME = "scene_meta.json"
 SPLITS = ("train", "val", "test")
+NERFSTUDIO_TRANSFORMS = "transforms.json"
+"""The nerfstudio-data file written with ``depth_maps`` (the Blender files stay beside it)."""
+SPARSE_POINTS = "sparse_pc.ply"
+SPARSE_POINTS_PER_VIEW = 100
+"""Surface points sampled from each training view's hits: a sparse cloud like SfM's, to fit relative depth to."""
+MILLIMETRES = 1000.0
+"""Depth PNGs hold millimetres (nerfstudio's default depth_unit_scale_factor is 1e-3)."""
 
 LIGHT_DIR = np.array([0.45, -0.35, 0.82]) / np.linalg.norm([0.45, -0.35, 0.82])
 """Unit vector towards the directional light (world axes, +Z up)."""
@@ -62,6 +69,10 @@ class EmbeddedSceneConfig:
     min_elevation_deg: float = 15.0
     max_elevation_deg: float = 70.0
     """Cameras lie on the band of the upper hemisphere between these elevations above the XY plane."""
+    depth_maps: bool = False
+    """Also write every view's exact depth map (16-bit PNG in millimetres, nerfstudio's convention), sparse surface
+    points seen by the training views (sparse_pc.ply, as ns-process-data writes them) and a nerfstudio-data
+    transforms.json naming both, so ``nerfstudio-data`` loads the scene with its depth maps."""
 
     def __post_init__(self) -> None:
         if min(self.image_size, self.supersample, self.n_train, self.n_val, self.n_test) < 1:
@@ -350,6 +361,19 @@ def render_view(
     stratum, at stratum centres or jittered within them with ``jitter_rng``. Alpha is the fraction of rays that hit
     and colour the mean over those, so compositing over white gives the mean over all rays with white for misses.
     """
+    return render_view_and_depth(c2w, width, height, focal, supersample, jitter_rng)[0]
+
+
+def render_view_and_depth(
+    c2w: np.ndarray,
+    width: int,
+    height: int,
+    focal: float,
+    supersample: int = 1,
+    jitter_rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``render_view``'s RGBA and the view's exact z-depth [H,W] (distance along the camera axis, as nerfstudio's
+    depth maps hold it): the mean over the pixel's rays that hit, 0 where none does."""
     c2w = np.asarray(c2w, dtype=np.float64)
     strata = (np.arange(supersample) + 0.5) / supersample
     sub_y, sub_x = np.meshgrid(strata, strata, indexing="ij")
@@ -362,11 +386,14 @@ def render_view(
     x = cols[..., None] + offsets[..., 1]
     cam_dirs = np.stack([(x - 0.5 * width) / focal, -(y - 0.5 * height) / focal, -np.ones_like(x)], axis=-1)
     world_dirs = cam_dirs.reshape(-1, 3) @ c2w[:3, :3].T
-    _, index, rgb = cast_rays(c2w[:3, 3], world_dirs)
+    t, index, rgb = cast_rays(c2w[:3, 3], world_dirs)
     hit = (index >= 0).reshape(height, width, len(sub))
     coverage = hit.sum(axis=-1)
     color = rgb.reshape(height, width, len(sub), 3).sum(axis=2) / np.maximum(coverage, 1)[..., None]
-    return np.concatenate([color, (coverage / len(sub))[..., None]], axis=-1)
+    # t runs along the unit direction; the camera-axis component of a unit direction is 1 / |cam_dir|.
+    z = np.where(hit, t.reshape(hit.shape) / np.linalg.norm(cam_dirs, axis=-1), 0.0)
+    depth = z.sum(axis=-1) / np.maximum(coverage, 1)
+    return np.concatenate([color, (coverage / len(sub))[..., None]], axis=-1), depth
 
 
 def look_at(eye: np.ndarray, target: tuple[float, float, float]) -> np.ndarray:
@@ -435,6 +462,10 @@ def scene_is_complete(output_dir: Path, config: EmbeddedSceneConfig) -> bool:
                 return False
             if not all((output_dir / f"{frame['file_path']}.png").is_file() for frame in frames):
                 return False
+        if config.depth_maps:
+            frames = json.loads((output_dir / NERFSTUDIO_TRANSFORMS).read_text())["frames"]
+            if not all((output_dir / frame["depth_file_path"]).is_file() for frame in frames):
+                return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
@@ -447,19 +478,104 @@ def _render_into(directory: Path, config: EmbeddedSceneConfig, show_progress: bo
     focal = 0.5 * config.image_size / math.tan(0.5 * config.camera_angle_x)
     views = [(split_index, split, i) for split_index, split in enumerate(SPLITS) for i in range(len(poses[split]))]
     frames: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    points: list[np.ndarray] = []
     for split_index, split, i in track(views, description="Rendering embedded scene", disable=not show_progress):
         c2w = poses[split][i]
         rng = np.random.default_rng([config.seed, split_index, i])
-        rgba = render_view(c2w, config.image_size, config.image_size, focal, config.supersample, rng)
+        rgba, depth = render_view_and_depth(c2w, config.image_size, config.image_size, focal, config.supersample, rng)
         (directory / split).mkdir(exist_ok=True)
         pixels = np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
         Image.fromarray(pixels).save(directory / split / f"r_{i}.png")
         frames[split].append({"file_path": f"./{split}/r_{i}", "transform_matrix": c2w.tolist()})
+        if config.depth_maps:
+            _write_depth(directory / "depth" / split / f"r_{i}.png", depth)
+            if split == "train":
+                points.append(_surface_points(c2w, depth, pixels, focal, rng))
     for split in SPLITS:
         transforms = {"camera_angle_x": config.camera_angle_x, "frames": frames[split]}
         (directory / f"transforms_{split}.json").write_text(json.dumps(transforms, indent=2))
+    if config.depth_maps:
+        _write_points(directory / SPARSE_POINTS, np.concatenate(points))
+        _write_nerfstudio_transforms(directory, frames, focal, config.image_size)
     # Written last: its presence (with matching content) is what marks the scene as complete.
     (directory / META_FILENAME).write_text(json.dumps(_expected_meta(config), indent=2))
+
+
+def _write_depth(path: Path, depth: np.ndarray) -> None:
+    """A z-depth map as a 16-bit PNG in millimetres, 0 where no surface is hit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(depth * MILLIMETRES).astype(np.uint16)).save(path)
+
+
+def _surface_points(
+    c2w: np.ndarray, depth: np.ndarray, pixels: np.ndarray, focal: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``SPARSE_POINTS_PER_VIEW`` of the view's fully covered pixels lifted to the world at their depth, with their
+    colour: [K, 6] (x, y, z, r, g, b)."""
+    height, width = depth.shape
+    rows, cols = np.nonzero((depth > 0) & (pixels[..., 3] == 255))
+    pick = rng.choice(len(rows), size=min(SPARSE_POINTS_PER_VIEW, len(rows)), replace=False)
+    rows, cols = rows[pick], cols[pick]
+    z = depth[rows, cols]
+    cam = np.stack([(cols + 0.5 - 0.5 * width) / focal * z, -(rows + 0.5 - 0.5 * height) / focal * z, -z], axis=1)
+    world = cam @ c2w[:3, :3].T + c2w[:3, 3]
+    return np.concatenate([world, pixels[rows, cols, :3].astype(np.float64)], axis=1)
+
+
+def _write_points(path: Path, points: np.ndarray) -> None:
+    """An ASCII PLY of coloured points (what nerfstudio-data reads as ``ply_file_path``)."""
+    header = [
+        "ply", "format ascii 1.0", f"element vertex {len(points)}",
+        "property float x", "property float y", "property float z",
+        "property uchar red", "property uchar green", "property uchar blue", "end_header",
+    ]  # fmt: skip
+    rows = [f"{x:.6f} {y:.6f} {z:.6f} {int(r)} {int(g)} {int(b)}" for x, y, z, r, g, b in points]
+    path.write_text("\n".join(header + rows) + "\n")
+
+
+def _write_nerfstudio_transforms(
+    directory: Path, frames: dict[str, list[dict[str, Any]]], focal: float, size: int
+) -> None:
+    """nerfstudio-data's transforms.json: every split's frames with their depth files, the split lists, the points."""
+    entries = [
+        {
+            "file_path": f"{frame['file_path']}.png",
+            "transform_matrix": frame["transform_matrix"],
+            "depth_file_path": f"depth/{frame['file_path'][2:]}.png",
+        }
+        for split in SPLITS
+        for frame in frames[split]
+    ]
+    transforms = {
+        "camera_model": "OPENCV",
+        "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2, "w": size, "h": size,
+        "ply_file_path": SPARSE_POINTS,
+        "frames": entries,
+        **{f"{split}_filenames": [f"{frame['file_path']}.png" for frame in frames[split]] for split in SPLITS},
+    }  # fmt: skip
+    (directory / NERFSTUDIO_TRANSFORMS).write_text(json.dumps(transforms, indent=2))
+
+
+def make_depth_relative(scene_dir: Path, split: str = "train", seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Rewrite one split's depth maps of a scene written with ``depth_maps`` as a monocular estimator gives them:
+    ``a / z + b``, with ``a`` and ``b`` drawn per image, as .npy files that transforms.json then names (0 stays 0,
+    no depth). Returns ``(a, b)`` by file; a split already rewritten is left as it is."""
+    rng = np.random.default_rng(seed)
+    path = scene_dir / NERFSTUDIO_TRANSFORMS
+    transforms = json.loads(path.read_text())
+    chosen = set(transforms[f"{split}_filenames"])
+    applied: dict[str, tuple[float, float]] = {}
+    for frame in transforms["frames"]:
+        if frame["file_path"] not in chosen or not frame["depth_file_path"].endswith(".png"):
+            continue
+        depth = np.asarray(Image.open(scene_dir / frame["depth_file_path"]), dtype=np.float64) / MILLIMETRES
+        a, b = rng.uniform(0.5, 3.0), rng.uniform(-0.2, 0.5)
+        relative = np.where(depth > 0, a / np.where(depth > 0, depth, 1.0) + b, 0.0)
+        frame["depth_file_path"] = frame["depth_file_path"][: -len(".png")] + ".npy"
+        np.save(scene_dir / frame["depth_file_path"], relative.astype(np.float32))
+        applied[frame["depth_file_path"]] = (a, b)
+    path.write_text(json.dumps(transforms, indent=2))
+    return applied
 
 
 def write_embedded_scene(

@@ -45,7 +45,7 @@ from distilled3dgs_ns.pruning import (
     staged_count_events,
 )
 from distilled3dgs_ns.rasterization import hit_counts, rasterization
-from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, RunWindow, paper_fraction, run_length_of, to_step
+from distilled3dgs_ns.schedules import RunWindow, paper_fraction, to_step
 from distilled3dgs_ns.significance import significance_scores, training_hit_counts
 from distilled3dgs_ns.strategy import BLUR_KEY, NO_RESET, CappedStrategy
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
@@ -169,7 +169,6 @@ class StudentModel(PortableSplatfactoModel):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        self.run_length = PAPER_RUN_LENGTH
         self.teachers: TeacherEnsemble | None = None
         self.structure_loss: StructureLoss | None = None
         self.importance_views: Cameras | None = None
@@ -213,18 +212,17 @@ class StudentModel(PortableSplatfactoModel):
 
     def set_run_length(self, run_length: int) -> None:
         """Resolve the run-fraction schedules; densification stops at the first prune."""
-        self.run_length = run_length
+        super().set_run_length(run_length)
         self.prune_schedule = prune_schedule_of(self.config, run_length)
         self.strategy.refine_stop_iter = min([self.config.stop_split_at, *self.prune_steps()])
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> list[TrainingCallback]:
-        trainer = training_callback_attributes.trainer
-        if trainer is not None:
-            self.set_run_length(run_length_of(trainer))
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        if training_callback_attributes.trainer is not None:
             self.announce_prune_schedule()
-        return super().get_training_callbacks(training_callback_attributes)
+        return callbacks
 
     # ------------------------------------------------------------------------------------------- losses
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.utils import writer
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
@@ -17,7 +16,6 @@ from distilled3dgs_ns.regularizers import (
     PerturbationConfig,
     Regularizer,
 )
-from distilled3dgs_ns.schedules import PAPER_RUN_LENGTH, run_length_of
 
 TeacherVariant = Literal["standard", "perturbed", "dropout"]
 
@@ -45,7 +43,6 @@ class TeacherModel(PortableSplatfactoModel):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        self.run_length = PAPER_RUN_LENGTH
         self.regularizer = self._make_regularizer()
 
     def _make_regularizer(self) -> Regularizer:
@@ -59,14 +56,6 @@ class TeacherModel(PortableSplatfactoModel):
         if self.config.variant not in factories:
             raise ValueError(f"unknown teacher variant {self.config.variant!r}; choose one of {sorted(factories)}")
         return factories[self.config.variant]()
-
-    def get_training_callbacks(
-        self, training_callback_attributes: TrainingCallbackAttributes
-    ) -> list[TrainingCallback]:
-        trainer = training_callback_attributes.trainer
-        if trainer is not None:
-            self.run_length = run_length_of(trainer)
-        return super().get_training_callbacks(training_callback_attributes)
 
     def _render_opacities(self, opacities: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -13,7 +13,13 @@ import tyro
 from PIL import Image
 
 from distilled3dgs_ns import scenes
-from distilled3dgs_ns.scenes import EmbeddedSceneConfig, cast_rays, render_view, write_embedded_scene
+from distilled3dgs_ns.scenes import (
+    EmbeddedSceneConfig,
+    cast_rays,
+    render_view,
+    render_view_and_depth,
+    write_embedded_scene,
+)
 
 SMALL = EmbeddedSceneConfig(image_size=24, n_train=3, n_val=1, n_test=2, supersample=2)
 COUNTS = {"train": 48, "val": 6, "test": 8}
@@ -216,13 +222,13 @@ def test_crash_leaves_previous_scene_and_no_partial_one(tmp_path: Path, monkeypa
     before = _file_states(out)
     calls = []
 
-    def failing_render(*args: object, **kwargs: object) -> np.ndarray:
+    def failing_render(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
         calls.append(None)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return render_view(*args, **kwargs)
+        return render_view_and_depth(*args, **kwargs)
 
-    monkeypatch.setattr(scenes, "render_view", failing_render)
+    monkeypatch.setattr(scenes, "render_view_and_depth", failing_render)
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_embedded_scene(out, dataclasses.replace(SMALL, seed=2))
     assert _file_states(out) == before and scenes.scene_is_complete(out, SMALL)
