@@ -163,6 +163,15 @@ class RunConfig:
     student_init: Literal["random", "teacher"] = "random"
     """Where the student starts: random, the model's own initial points (then densify-then-prune); teacher, the
     standard teacher's Gaussians, all SH bands on from the start, cut to the budget by the staged count cuts."""
+    depth: Literal["off", "auto", "relative", "metric"] = "off"
+    """Depth supervision of the teachers, as the official code trains them (inverse-depth L1 against per-image depth
+    maps given by nerfstudio's depth_file_path, see the README's "Depth maps"): relative, monocular maps
+    (Depth-Anything-V2 or any estimator) fitted per image to the dataparser's sparse points; metric, depth in the
+    dataparser's units; auto, relative where the data has depth maps, else off."""
+    depth_weight: float = 1.0
+    """Weight of the teachers' depth loss at the start of their run (the official code's 1.0) ..."""
+    depth_weight_final: float = 0.01
+    """... decaying exponentially to this at the end (official: 0.01)."""
     model_args: str = ""
     """ns-train options for every training (teachers and student), one string placed after the generated options so
     they win: --model-args="--pipeline.model.sh-degree 2". Replaces the preset's string (see configs/<preset>.yaml)."""
@@ -422,6 +431,7 @@ class Run:
         self.output_dir = self.config.output_dir.resolve()
         self.runs = self.output_dir / "runs"
         self.book = StageBook(self.output_dir / "stages")
+        self.data_has_depth = False
 
     # -- inputs
 
@@ -475,6 +485,25 @@ class Run:
             ) from error
         if len(outputs.image_filenames) == 0:
             raise RunSetupError(f"--data {data} has no training images for the '{self.config.dataparser}' dataparser")
+        self.data_has_depth = bool(outputs.metadata.get("depth_filenames"))
+        if self.config.depth in ("relative", "metric") and not self.data_has_depth:
+            raise RunSetupError(
+                f"--depth {self.config.depth}: the '{self.config.dataparser}' dataparser found no depth maps in "
+                f"{data}; give every frame of transforms.json a depth_file_path (nerfstudio-data; colmap: "
+                '--dataparser-args="--depths-path DIR"), or leave --depth off'
+            )
+
+    def depth_options(self) -> list[str]:
+        """The teachers' depth supervision (``--depth``; ``auto`` as the data found by ``check_data`` allows)."""
+        cfg = self.config
+        maps = ("relative" if self.data_has_depth else "off") if cfg.depth == "auto" else cfg.depth
+        if maps == "off":
+            return []
+        return [
+            "--pipeline.datamanager.depth-maps", maps,
+            "--pipeline.model.depth-weight", str(cfg.depth_weight),
+            "--pipeline.model.depth-weight-final", str(cfg.depth_weight_final),
+        ]  # fmt: skip
 
     def environment(self, gpu: str | None, parallel: int) -> dict[str, str]:
         """A training's environment: its GPU, or its share of the CPU cores when ``parallel`` trainings share them."""
@@ -502,6 +531,7 @@ class Run:
                     *cfg.schedule.options(cfg.teacher_steps),
                     "--pipeline.model.variant",
                     variant,
+                    *self.depth_options(),
                     *shlex.split(cfg.model_args),
                     *shlex.split(cfg.teacher_args),
                 ],
