@@ -126,6 +126,9 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     reset_opacity: bool = False
     """Splatfacto's periodic opacity reset (reset_alpha_every) during densification; the official student has
     none (its teachers do)."""
+    sparsity_weight: float = 0.0
+    """L1 on the activated opacities until the last prune, so Gaussians the image can do without fade before the
+    cuts remove them (0: off)."""
     blur_split: bool = False
     """Mini-Splatting's blur split: at each refinement, also split every Gaussian that was the top contributor of
     more than blur_split_area of a training view's pixels since the last one, whatever its gradient."""
@@ -266,6 +269,9 @@ class StudentModel(PortableSplatfactoModel):
         if self.training and self.structure_loss_due(self.step):
             assert self.structure_loss is not None
             loss_dict["structure_loss"] = self.config.structure_weight * self.structure_loss(self.means)
+        steps = self.prune_steps()
+        if self.training and self.config.sparsity_weight > 0 and steps and self.step < steps[-1]:
+            loss_dict["sparsity_loss"] = self.config.sparsity_weight * torch.sigmoid(self.opacities).mean()
         return loss_dict
 
     def get_metrics_dict(self, outputs, batch) -> dict[str, Any]:

@@ -131,6 +131,27 @@ def test_structure_loss_is_added_on_its_schedule_and_moves_the_means():
     assert due == {50: False, 55: False, 60: True, 100: False}
 
 
+def test_sparsity_loss_fades_opacities_until_the_last_prune():
+    model = _student(
+        sparsity_weight=0.5, prune_sample_at=None, prune_mass_at=None, prune_count_at=0.2, prune_count=50,
+        prune_count_until=0.6, prune_count_stages=3,
+    )  # fmt: skip
+    model.set_run_length(100)  # cuts at 20, 40, 60
+    model.train()
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    for step, due in ((0, True), (59, True), (60, False), (90, False)):
+        model.step_cb(optimizers, step)
+        losses = model.get_loss_dict(model.get_outputs(CAMERA), batch)
+        assert ("sparsity_loss" in losses) == due, step
+    model.step_cb(optimizers, 10)
+    loss = model.get_loss_dict(model.get_outputs(CAMERA), batch)["sparsity_loss"]
+    assert float(loss) == pytest.approx(0.5 * float(torch.sigmoid(model.opacities).mean()))
+    (grad,) = torch.autograd.grad(loss, model.gauss_params["opacities"])
+    assert (grad > 0).all()  # descending it lowers every opacity
+    assert "sparsity_loss" not in _student().get_loss_dict(model.get_outputs(CAMERA), batch)
+
+
 def test_no_structure_loss_without_a_standard_teacher():
     model = _student()
     ensemble = _ensemble()
