@@ -42,7 +42,8 @@ class Args:
     image_size: int = 100
     depth_weight: float = 1.0
     """Initial weight of the depth loss (decays to depth_weight_final)."""
-    depth_weight_final: float = 0.01
+    depth_weight_final: float = 0.3
+    """Its weight at the end (the model's default; the official code's 0.01 ends the loss too early in short runs)."""
     device: str = "cpu"
     extra: str = ""
     """Further ns-train options for every training, one string."""

@@ -82,8 +82,10 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
     depth_weight: float = 0.0
     """Weight of the inverse-depth L1 against the depth maps (--pipeline.datamanager.depth-maps) at the start of the
     run (the official teachers': 1.0); 0: off."""
-    depth_weight_final: float = 0.01
-    """Its weight at the end of the run, reached by exponential decay from depth_weight (official: 0.01)."""
+    depth_weight_final: float = 0.3
+    """Its weight at the end of the run, reached by exponential decay from depth_weight. The official code ends at
+    0.01 after 30k steps (the paper presets' value); on 1500-step teachers that switches the loss off too early
+    (benchmarks/depth_teacher.py: depth error 11% lower with 0.01, 35% with 0.3, PSNR unchanged)."""
 
 
 class PortableSplatfactoModel(SplatfactoModel):

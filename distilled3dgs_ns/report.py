@@ -140,6 +140,7 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         "teacher_steps": config.teacher_steps,
         "student_steps": config.student_steps,
         "variants": list(config.variants),
+        "teacher_terms": config.teacher_terms,
         "device": device,
         "machine": platform.platform(),
     }
@@ -177,6 +178,11 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
             f"{student['num_gaussians']})"
             for name, m in baselines.items()
         ]
+        if config.teacher_terms == "none" and "baseline-no-kd" in baselines:
+            lines.append(
+                "- (the student learned from the ground truth alone, starting from the teacher: baseline-no-kd is the "
+                "student itself, not trained twice)"
+            )
     lines += ["", f"![PSNR against #Gaussians]({plot.name})", ""]
     if strip is not None:
         lines += [

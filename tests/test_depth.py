@@ -273,7 +273,8 @@ def test_the_paper_presets_ask_for_depth_where_it_exists():
     from distilled3dgs_ns.run import RunConfig
 
     for name in ("paper-mipnerf360", "paper-tanks-temples"):
-        assert load_preset(name, RunConfig(preset=name)).depth == "auto"
+        preset = load_preset(name, RunConfig(preset=name))
+        assert preset.depth == "auto" and preset.depth_weight_final == 0.01  # the official schedule at 30k steps
 
 
 @pytest.mark.slow

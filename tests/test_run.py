@@ -147,17 +147,59 @@ def test_a_teacher_initialised_student_starts_from_the_standard_teacher(tmp_path
     assert plain.pipeline.init_from is None
 
 
+def test_teacher_terms_choose_what_the_student_learns_from_the_teachers(tmp_path):
+    config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
+    assert config.teacher_terms == "none" and config.variants == ("standard",)  # the demo preset's (issue 10)
+    standard = tmp_path / "teacher" / "config.yml"
+    plain = _parse(Run(config, log=lambda _: None).student_training([standard], 10_000), config, tmp_path).pipeline
+    assert (plain.model.kd_weight, plain.model.kd_weight_final, plain.model.structure_weight) == (0, 0, 0)
+    assert plain.pseudo_view_rate == 0 and plain.init_from is not None and plain.model.sparsity_weight == 0.03
+    distilled = dataclasses.replace(config, teacher_terms="paper")
+    paper = _parse(Run(distilled, log=lambda _: None).student_training([standard], 10_000), distilled, tmp_path)
+    assert paper.pipeline.model.kd_weight == 0.4 and paper.pipeline.model.structure_weight == 1.0
+    assert paper.pipeline.pseudo_view_rate == 0
+    novel = dataclasses.replace(config, teacher_terms="novel-views")
+    views = _parse(Run(novel, log=lambda _: None).student_training([standard], 10_000), novel, tmp_path).pipeline
+    assert (views.model.kd_weight, views.model.kd_weight_final, views.model.structure_weight) == (0, 0, 0)
+    assert views.pseudo_view_rate == 0.25 and views.pseudo_view_mode == "interpolate"
+
+
+def test_baseline_no_kd_is_the_student_itself_when_it_has_no_teacher_terms(tmp_path, monkeypatch):
+    trained_stages: list[str] = []
+
+    def fake_train(self, trainings, data, gpus):
+        trained_stages.extend(t.stage for t in trainings)
+        return {t.stage: {"stage": t.stage, "config": str(tmp_path / t.stage / "config.yml")} for t in trainings}
+
+    evaluated: dict[str, dict] = {}
+    monkeypatch.setattr(Run, "check_data", lambda self, data: None)
+    monkeypatch.setattr(Run, "train_stages", fake_train)
+    monkeypatch.setattr(Run, "stage_eval", lambda self, name, record, student: evaluated.setdefault(name, record))
+    monkeypatch.setattr(run_module, "gaussian_count", lambda record: 1000)
+    monkeypatch.setattr(StudentResult, "of", staticmethod(lambda record, steps: StudentResult(148, 0.3, True)))
+    monkeypatch.setattr("distilled3dgs_ns.report.write_report", lambda *args, **kwargs: tmp_path / "report.md")
+    for terms, expected in (("none", "student"), ("paper", "baseline-no-kd"), ("novel-views", "baseline-no-kd")):
+        trained_stages.clear()
+        evaluated.clear()
+        config = parse_config(["--preset", "demo", "--data", str(tmp_path), "--output-dir", str(tmp_path / str(terms)),
+                               "--baselines", "--teacher-terms", terms])  # fmt: skip
+        Run(config, log=lambda _: None)()
+        assert ("baseline-no-kd" in trained_stages) == (terms != "none")
+        assert evaluated["baseline-no-kd"]["stage"] == expected
+        assert {"baseline-pruned-teacher", "baseline-capped"} <= set(trained_stages)
+
+
 def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
     run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
-    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.45, False))}
+    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.25, False))}
     assert set(trainings) == set(BASELINES)
     assert {t.steps for t in trainings.values()} == {config.student_steps}
     no_kd = _parse(trainings["baseline-no-kd"], config, tmp_path).pipeline
     assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from == run.standard_config()
     assert (no_kd.model.kd_weight, no_kd.model.structure_weight) == (0, 0)
-    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.45)
+    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.25)
     student = _parse(run.student_training([standard], 10_000), config, tmp_path).pipeline.model
     assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own schedule
     pruned = _parse(trainings["baseline-pruned-teacher"], config, tmp_path).pipeline
