@@ -353,27 +353,16 @@ def render_view(
     focal: float,
     supersample: int = 1,
     jitter_rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """Render one pinhole view to [H,W,4] float RGBA in [0,1] with straight (not premultiplied) alpha.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one pinhole view: [H,W,4] float RGBA in [0,1] with straight (not premultiplied) alpha, and the exact
+    z-depth [H,W] (distance along the camera axis, as nerfstudio's depth maps hold it).
 
     ``c2w`` is a 3x4 or 4x4 camera-to-world matrix in Blender/OpenGL axes; the principal point is the image centre
     and pixel (i, j) spans [j, j+1] x [i, i+1], as in nerfstudio. Each pixel averages ``supersample**2`` rays, one per
     stratum, at stratum centres or jittered within them with ``jitter_rng``. Alpha is the fraction of rays that hit
-    and colour the mean over those, so compositing over white gives the mean over all rays with white for misses.
+    and colour the mean over those, so compositing over white gives the mean over all rays with white for misses;
+    depth is the mean over the rays that hit, 0 where none does.
     """
-    return render_view_and_depth(c2w, width, height, focal, supersample, jitter_rng)[0]
-
-
-def render_view_and_depth(
-    c2w: np.ndarray,
-    width: int,
-    height: int,
-    focal: float,
-    supersample: int = 1,
-    jitter_rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``render_view``'s RGBA and the view's exact z-depth [H,W] (distance along the camera axis, as nerfstudio's
-    depth maps hold it): the mean over the pixel's rays that hit, 0 where none does."""
     c2w = np.asarray(c2w, dtype=np.float64)
     strata = (np.arange(supersample) + 0.5) / supersample
     sub_y, sub_x = np.meshgrid(strata, strata, indexing="ij")
@@ -482,7 +471,7 @@ def _render_into(directory: Path, config: EmbeddedSceneConfig, show_progress: bo
     for split_index, split, i in track(views, description="Rendering embedded scene", disable=not show_progress):
         c2w = poses[split][i]
         rng = np.random.default_rng([config.seed, split_index, i])
-        rgba, depth = render_view_and_depth(c2w, config.image_size, config.image_size, focal, config.supersample, rng)
+        rgba, depth = render_view(c2w, config.image_size, config.image_size, focal, config.supersample, rng)
         (directory / split).mkdir(exist_ok=True)
         pixels = np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
         Image.fromarray(pixels).save(directory / split / f"r_{i}.png")

@@ -17,7 +17,6 @@ from distilled3dgs_ns.scenes import (
     EmbeddedSceneConfig,
     cast_rays,
     render_view,
-    render_view_and_depth,
     write_embedded_scene,
 )
 
@@ -121,7 +120,7 @@ def test_ray_cast_from_above_hits_sphere_top() -> None:
 
     c2w = np.eye(4)
     c2w[2, 3] = 4.0  # on the +Z axis looking straight down (-Z), +Y up in the image
-    rgba = render_view(c2w, 9, 9, focal=6.0)
+    rgba, _ = render_view(c2w, 9, 9, focal=6.0)
     assert rgba[4, 4, 3] == 1.0 and rgba[0, 0, 3] == 0.0  # centre ray hits, corner ray misses everything
     brightness = scenes.AMBIENT + scenes.DIFFUSE * scenes.LIGHT_DIR[2]  # normal +Z, nothing above to cast a shadow
     candidates = [np.asarray(sphere.color_a) * brightness, np.asarray(sphere.color_b) * brightness]
@@ -226,9 +225,9 @@ def test_crash_leaves_previous_scene_and_no_partial_one(tmp_path: Path, monkeypa
         calls.append(None)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return render_view_and_depth(*args, **kwargs)
+        return render_view(*args, **kwargs)
 
-    monkeypatch.setattr(scenes, "render_view_and_depth", failing_render)
+    monkeypatch.setattr(scenes, "render_view", failing_render)
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_embedded_scene(out, dataclasses.replace(SMALL, seed=2))
     assert _file_states(out) == before and scenes.scene_is_complete(out, SMALL)
