@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from nerfstudio.utils import writer
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled3dgs_ns.regularizers import (
@@ -67,5 +66,8 @@ class TeacherModel(PortableSplatfactoModel):
         self.regularizer.observe(self.info, step, self.run_length)
         changed = self.regularizer.after_step(self.gauss_params, self.optimizers, step, self.run_length)
         if changed:
+            # nerfstudio 1.1.5's writer cannot be imported before its configs (a circular import), so not at the top
+            from nerfstudio.utils import writer
+
             writer.put_scalar(name="teacher/perturbed_gaussians", scalar=changed, step=step)
         super().step_post_backward(step)
