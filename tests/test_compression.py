@@ -28,6 +28,7 @@ from distilled3dgs_ns.compression import (
     gaussians_of,
     model_params,
     nearest_codes,
+    quantise,
     read_compact,
     read_header,
     train_codebook,
@@ -39,9 +40,12 @@ from distilled3dgs_ns.compression.cli import entrypoint
 from distilled3dgs_ns.compression.compact_format import FORMAT_VERSION, MAGIC
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModelConfig
 
-FP16_RELATIVE = 2.0**-11  # half an fp16 ulp, relative
-FP16_TINY = 2.0**-25  # half the smallest fp16 subnormal
 CAMERAS = [(2.0, 0.5, 1.0), (-1.5, 1.5, 0.8), (0.3, -2.0, 1.2)]
+ROTATION_DOT = 1 - 2e-4
+"""|dot| of a stored rotation with its original, at least. A step is sqrt(1/2) / 63 = 0.0112: three components off by
+at most 0.0056 each, and the left-out one, recomputed from them, by at most 3 * 0.5 * 0.0056 / 0.5 = 0.0168 (all four
+0.5), give 1 - (3 * 0.0056^2 + 0.0168^2) / 2 = 1 - 1.9e-4; near-ties moved a step (see ``encode_rotations``) stay
+within it (worst of 200k random rotations: 1 - 1.5e-4)."""
 
 
 def _model(sh_degree: int = 3, num_points: int = 300, seed: int = 0):
@@ -132,21 +136,64 @@ def test_kmeans_with_more_codes_than_distinct_vectors():
 
 def test_default_codebook_size():
     assert default_codebook_size(0) == 0
-    assert default_codebook_size(5) == 1
-    assert default_codebook_size(1600) == 100
+    assert default_codebook_size(5) == 5  # never more codes than vectors
+    assert default_codebook_size(1600) == 120  # three per square root
     assert default_codebook_size(10_000_000) == 8192
 
 
 # ----------------------------------------------------------------------------------------------------- encoding
 
 
-def _assert_fp16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Within fp16 rounding of ``expected`` (half an ulp, relative; subnormals absolute)."""
-    bound = FP16_RELATIVE * expected.abs() + FP16_TINY
-    assert ((actual - expected).abs() <= bound).all(), float(((actual - expected).abs() - bound).max())
+def _interleave_slowly(x: int, y: int, z: int, bits: int) -> int:
+    """Morton code bit by bit, the textbook way: bit i of x, y, z to bits 3i, 3i + 1, 3i + 2."""
+    return sum(((v >> i) & 1) << (3 * i + axis) for i in range(bits) for axis, v in enumerate((x, y, z)))
 
 
-def test_round_trip_without_vq_is_exact_and_within_fp16(tmp_path):
+def test_morton_codes_interleave_bits_and_invert():
+    generator = np.random.default_rng(3)
+    for bits in (12, 21):
+        cells = generator.integers(0, 1 << bits, size=(50, 3))
+        codes = quantise.morton_codes(cells, bits)
+        assert [int(c) for c in codes] == [_interleave_slowly(*map(int, cell), bits) for cell in cells]
+        assert np.array_equal(quantise.morton_cells(codes, bits), cells)
+
+
+def test_rotations_in_three_bytes_keep_the_rotation():
+    quats = torch.randn(500, 4, generator=torch.Generator().manual_seed(2)).numpy()
+    quats[:3] = [[0, 0, 0, 1], [-1, 0, 0, 0], [0.5, -0.5, 0.5, -0.5]]  # axis-aligned, negative, four-way tie
+    packed = quantise.encode_rotations(quats)
+    decoded = quantise.decode_rotations(packed)
+    assert packed.shape == (500, 3) and packed.dtype == np.uint8
+    unit = quats / np.linalg.norm(quats, axis=1, keepdims=True)
+    assert np.abs((decoded * unit).sum(axis=1)).min() > ROTATION_DOT
+    assert np.array_equal(decoded[:2], [[0, 0, 0, 1], [1, 0, 0, 0]])  # axis-aligned stays exact
+    many = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(0)).numpy()  # ~100 near-ties among them
+    once = quantise.encode_rotations(many)
+    assert np.array_equal(quantise.encode_rotations(quantise.decode_rotations(once)), once)  # a read file re-encodes
+    assert np.allclose(np.linalg.norm(decoded, axis=1), 1, atol=1e-6)
+
+
+def _original_in_file_order(params: dict, keep: torch.Tensor, decoded: CompactGaussians) -> dict:
+    """The model's visible Gaussians in the order the file holds them (stable Morton order of their cells)."""
+    visible = {name: value[keep] for name, value in params.items()}
+    order = np.argsort(quantise.position_codes(visible["means"].numpy(), decoded.quantisation), kind="stable")
+    return {name: value[torch.from_numpy(order)] for name, value in visible.items()}
+
+
+def _half_steps(decoded: CompactGaussians) -> dict[str, torch.Tensor]:
+    """Half a quantisation step of each field, the largest error rounding may make."""
+    q = decoded.quantisation
+    position = (torch.tensor(q.position_high) - torch.tensor(q.position_low)) / (2**q.position_bits - 1)
+    return {
+        "means": position / 2,
+        "scales": torch.tensor((q.scale_range[1] - q.scale_range[0]) / 255 / 2),
+        "opacities": torch.tensor((q.opacity_range[1] - q.opacity_range[0]) / 255 / 2),
+        "features_dc": (torch.tensor(q.dc_high) - torch.tensor(q.dc_low)) / 255 / 2,
+        "features_rest": torch.tensor(q.sh_max).reshape(-1, 3) / 127 / 2,
+    }
+
+
+def test_round_trip_without_vq_is_exact_and_within_half_a_step(tmp_path):
     model = _model()
     params = model_params(model)
     gaussians, figures = _encode(model, vq_share=0.0)
@@ -155,24 +202,24 @@ def test_round_trip_without_vq_is_exact_and_within_fp16(tmp_path):
     for compression in ("none", "zlib", "lzma"):
         write_compact(path, gaussians, compression)
         decoded = read_compact(path)
-        for name in ("scales", "quats", "opacities", "features_dc", "features_rest"):
-            assert torch.equal(getattr(decoded, name), getattr(gaussians, name)), (compression, name)
-        center, scale = gaussians.position_frame
-        assert torch.allclose(decoded.means, gaussians.means, rtol=0, atol=1e-6 * scale)
+        for name, value in gaussians.params().items():  # pack returns what the file holds
+            assert torch.equal(getattr(decoded, name), value), (compression, name)
+    assert decoded.quantisation == gaussians.quantisation and decoded.metadata == {} and decoded.sh_degree == 3
     keep = params["opacities"].view(-1) > -6
-    for name in ("scales", "opacities", "features_dc", "features_rest"):
-        _assert_fp16_close(getattr(decoded, name), params[name][keep])
-    quats = params["quats"][keep]
-    _assert_fp16_close(decoded.quats, quats / quats.norm(dim=-1, keepdim=True))
-    assert torch.allclose(decoded.quats.norm(dim=-1), torch.ones(295), atol=1e-3)
-    # positions are stored in [-1, 1] relative to the bounding box: error at most half an ulp at 1, times the scale
-    assert (decoded.means - params["means"][keep]).abs().max() <= (2.0**-12 + 1e-6) * scale
-    assert decoded.metadata == {} and decoded.sh_degree == 3
-    write_compact(path, gaussians_of(model))  # the model's own, unnormalised quaternions are stored unit-norm
-    assert torch.allclose(read_compact(path).quats, decoded.quats, atol=2.0**-11)
+    original = _original_in_file_order(params, keep, decoded)
+    for name, bound in _half_steps(decoded).items():
+        error = (getattr(decoded, name) - original[name]).abs()
+        assert (error <= bound * (1 + 1e-5) + 1e-7).all(), (name, float((error - bound).max()))
+    unit = original["quats"] / original["quats"].norm(dim=-1, keepdim=True)
+    assert (decoded.quats * unit).sum(dim=-1).abs().min() > ROTATION_DOT
+    assert decoded.quantisation.position_bits == quantise.position_bits(
+        original["means"].numpy(), original["scales"].numpy()
+    )
+    write_compact(path, gaussians_of(model))  # the model's own Gaussians: the same file
+    assert read_compact(path).quantisation == decoded.quantisation
 
 
-def test_vq_rows_come_from_the_codebook_and_the_rest_is_fp16(tmp_path):
+def test_vq_rows_come_from_the_codebook_and_the_rest_is_int8(tmp_path):
     model = _model()
     params = model_params(model)
     gaussians, figures = _encode(model, vq_share=0.5, codebook_size=16)
@@ -182,18 +229,34 @@ def test_vq_rows_come_from_the_codebook_and_the_rest_is_fp16(tmp_path):
     assert torch.equal(decoded.vq_mask, gaussians.vq_mask) and torch.equal(decoded.indices, gaussians.indices)
     assert torch.equal(decoded.codebook, gaussians.codebook)
     assert torch.equal(decoded.features_rest[decoded.vq_mask], decoded.codebook[decoded.indices])
+    assert [s["dtype"] for s in read_header(tmp_path / "vq.compact")["sections"]][-1] == "|u1"
     keep = params["opacities"].view(-1) > -6
-    original = params["features_rest"][keep]
-    scores = _scores(model)[keep]
+    original = _original_in_file_order({**params, "score": _scores(model)}, keep, decoded)
+    scores = original["score"]
     assert scores[decoded.vq_mask].max() <= scores[~decoded.vq_mask].min()  # the least significant are quantised
-    _assert_fp16_close(decoded.features_rest[~decoded.vq_mask], original[~decoded.vq_mask])
-    # each quantised vector's error is its distance to the assigned code, which is (up to fp16) its nearest code
-    vectors = original[decoded.vq_mask].flatten(1)
+    half_step = _half_steps(decoded)["features_rest"]
+    rest = original["features_rest"]
+    assert ((decoded.features_rest[~decoded.vq_mask] - rest[~decoded.vq_mask]).abs() <= half_step + 1e-7).all()
+    # each quantised vector sits on its nearest code (up to the codes' int8 rounding)
+    vectors = rest[decoded.vq_mask].flatten(1)
     error = (decoded.features_rest[decoded.vq_mask].flatten(1) - vectors).pow(2).sum(dim=1)
     _, nearest = nearest_codes(vectors, decoded.codebook.flatten(1))
-    assert torch.allclose(error, (vectors - decoded.codebook.flatten(1)[decoded.indices]).pow(2).sum(dim=1))
-    assert (error <= nearest + 1e-3 * nearest.mean()).all()
-    assert figures["vq_rmse"] == pytest.approx(float((error.sum() / error.numel() / 45).sqrt()), rel=1e-4)
+    assert (error <= nearest + 45 * float(half_step.max()) ** 2 + 1e-3 * nearest.mean()).all()
+    assert figures["vq_rmse"] == pytest.approx(float((error.sum() / error.numel() / 45).sqrt()), rel=0.02)
+
+
+def test_format_one_files_still_read():
+    """``data/format1.compact`` was written by the float16 format (0a0c5fc's writer) from this seeded model."""
+    params = model_params(_model(sh_degree=1, num_points=40, seed=7))
+    decoded = read_compact(Path(__file__).parent / "data" / "format1.compact")
+    keep = params["opacities"].view(-1) > -6
+    assert decoded.num_gaussians == int(keep.sum()) == 35 and decoded.num_vq == 18 and decoded.codebook_size == 4
+    assert decoded.quantisation is None and decoded.sh_degree == 1
+    for name in ("means", "scales", "opacities", "features_dc"):
+        assert torch.allclose(getattr(decoded, name), params[name][keep], rtol=2**-10, atol=1e-3), name
+    rest = params["features_rest"][keep]
+    assert torch.allclose(decoded.features_rest[~decoded.vq_mask], rest[~decoded.vq_mask], rtol=2**-10, atol=1e-4)
+    assert torch.equal(decoded.features_rest[decoded.vq_mask], decoded.codebook[decoded.indices])
 
 
 def test_sh_degree_zero_and_empty_models_round_trip(tmp_path):
@@ -213,10 +276,10 @@ def test_sh_degree_zero_and_empty_models_round_trip(tmp_path):
 
 
 def test_codebooks_past_65536_codes_store_uint32_indices(tmp_path):
-    codebook = torch.randn(70_000, 3, 3, generator=torch.Generator().manual_seed(5)).half().float()
+    codebook = torch.randn(70_000, 3, 3, generator=torch.Generator().manual_seed(5))
     indices = torch.tensor([69_999, 0, 65_536])
     gaussians = CompactGaussians(
-        means=torch.zeros(3, 3),
+        means=torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]),
         scales=torch.zeros(3, 3),
         quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1),
         opacities=torch.zeros(3, 1),
@@ -230,7 +293,9 @@ def test_codebooks_past_65536_codes_store_uint32_indices(tmp_path):
     write_compact(tmp_path / "big.compact", gaussians)
     assert [s["dtype"] for s in read_header(tmp_path / "big.compact")["sections"]][-1] == "<u4"
     decoded = read_compact(tmp_path / "big.compact")
-    assert torch.equal(decoded.indices, indices) and torch.equal(decoded.features_rest, codebook[indices])
+    assert torch.equal(decoded.indices, indices)  # already in Morton order: x, then y
+    assert torch.equal(decoded.features_rest, decoded.codebook[indices])
+    assert (decoded.codebook - codebook).abs().max() <= codebook.abs().max() / 127 / 2 + 1e-6
 
 
 # ------------------------------------------------------------------------------------------- damaged files
@@ -299,12 +364,26 @@ def test_wrong_magic_ply_and_future_version_are_named(tmp_path, good_file):
         {"sh_degree": 2},
         {"payload_bytes": 1},
         {"compression": "brotli"},
-        {"position": {"center": [0, 0], "scale": 1.0}},
+        {"quantisation": None},
+        {"quantisation": {"position_bits": 30}},
+        "position_bits",
+        "low above high",
+        "sh_max short",
         {"num_vq": -1},
     ],
 )
 def test_headers_lying_about_counts_are_refused(tmp_path, good_file, lie):
     header, _ = _header_of(good_file)
+    q = header["quantisation"]
+    lie = (
+        {
+            "position_bits": {"quantisation": {**q, "position_bits": 64}},
+            "low above high": {"quantisation": {**q, "scale_range": [1.0, -1.0]}},
+            "sh_max short": {"quantisation": {**q, "sh_max": q["sh_max"][:-1]}},
+        }.get(lie, lie)
+        if isinstance(lie, str)
+        else lie
+    )
     assert "inconsistent header" in _damaged(tmp_path, _with_header(good_file, {**header, **lie}))
 
 
@@ -314,14 +393,14 @@ def test_consistent_lie_is_caught_by_the_payload_length(tmp_path, good_file):
     shapes = {"vq_mask": [math.ceil(300 / 8)], "features_rest": [300 - header["num_vq"], 15, 3]}
     sections = [{**s, "shape": shapes.get(s["name"], s["shape"])} for s in header["sections"]]
     for section in sections:
-        if section["name"] in ("means", "scales", "quats", "opacities", "features_dc"):
+        if section["name"] in ("morton_delta", "scales", "quats", "opacities", "features_dc"):
             section["shape"] = [300, *section["shape"][1:]]
     size = sum(np.dtype(s["dtype"]).itemsize * math.prod(s["shape"]) for s in sections)
     forged = {**header, "num_gaussians": 300, "sections": sections, "payload_bytes": size}
     assert "decompresses to" in _damaged(tmp_path, _with_header(good_file, forged))
 
 
-def test_trailing_bytes_bad_mask_and_nan_are_refused(tmp_path, good_file):
+def test_trailing_bytes_bad_mask_positions_and_nan_are_refused(tmp_path, good_file):
     assert "unexpected bytes" in _damaged(tmp_path, good_file + b"\0\0")
     # an uncompressed file whose VQ mask marks one Gaussian more than the header says, checksum recomputed
     gaussians, _ = _encode(_model(), vq_share=0.5, codebook_size=8)
@@ -329,18 +408,16 @@ def test_trailing_bytes_bad_mask_and_nan_are_refused(tmp_path, good_file):
     write_compact(path, gaussians, "none")
     data = bytearray(path.read_bytes())
     header, payload_start = _header_of(bytes(data))
-    mask_offset = payload_start + 295 * (3 + 3 + 4 + 1 + 3) * 2  # after the five fp16 sections
+    mask_offset = payload_start + 295 * (8 + 3 + 3 + 1 + 3)  # after the five per-Gaussian sections
     unmarked = int((~gaussians.vq_mask).nonzero()[0])
     data[mask_offset + unmarked // 8] |= 0x80 >> (unmarked % 8)
     header["payload_crc32"] = zlib.crc32(bytes(data[payload_start:]))
     assert "VQ mask marks 149 Gaussians, the header says 148" in _damaged(tmp_path, _with_header(bytes(data), header))
-    # a NaN scale (fp16 0x7E00: low byte plane, then high byte plane), checksum recomputed
+    # a position difference past the grid (the top byte plane of the uint64 differences), checksum recomputed
     data = bytearray(path.read_bytes())
-    scales_offset, element = payload_start + 295 * 3 * 2, 3 * 3 + 1
-    data[scales_offset + element], data[scales_offset + 295 * 3 + element] = 0x00, 0x7E
+    data[payload_start + 7 * 295 + 10] = 0x01
     header["payload_crc32"] = zlib.crc32(bytes(data[payload_start:]))
-    message = _damaged(tmp_path, _with_header(bytes(data), header))
-    assert "non-finite values" in message and "scales" in message
+    assert "positions outside the" in _damaged(tmp_path, _with_header(bytes(data), header))
     gaussians.scales[3, 1] = float("nan")
     with pytest.raises(ValueError, match="scales has values that are not finite"):
         write_compact(path, gaussians)
@@ -406,13 +483,11 @@ def test_decoded_ply_has_nerfstudios_layout(tmp_path, sh_degree):
     expected = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
     expected += [f"f_rest_{i}" for i in range(45 if sh_degree else 0)]
     assert names == [*expected, "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    scale = read_compact(tmp_path / "scene.compact").position_frame[1]
-    quats = np.stack([theirs[f"rot_{i}"] for i in range(4)], axis=1)  # the compact file normalises them
-    theirs.update({f"rot_{i}": (quats / np.linalg.norm(quats, axis=1, keepdims=True))[:, i] for i in range(4)})
+    # decode writes what the file holds (its accuracy against the model: test_round_trip_without_vq_...)
+    write_ply(tmp_path / "direct.ply", read_compact(tmp_path / "scene.compact"))
+    _, direct, _ = _ply(tmp_path / "direct.ply")
     for name in names:
-        error = np.abs(ours[name] - theirs[name])
-        bound = (2.0**-12 + 1e-6) * scale if name in ("x", "y", "z") else FP16_RELATIVE * np.abs(theirs[name]) + 1e-6
-        assert (error <= bound).all(), (name, float(error.max()))
+        np.testing.assert_array_equal(ours[name], direct[name], err_msg=name)
     # the model's own Gaussians, unquantised, give nerfstudio's columns value for value (float32 rounding of the
     # sigmoid at SH degree 0 aside): what the one-command pipeline's PLY export writes
     write_ply(tmp_path / "model.ply", gaussians_of(model))
@@ -431,7 +506,8 @@ def test_apply_to_model_renders_the_compact_scene(tmp_path):
     assert model.num_points == 295
     for position, expected in zip(CAMERAS, before, strict=True):
         rendered = _render(model, position)
-        assert (rendered - expected).abs().max() < 0.01 and (rendered - expected).abs().mean() < 5e-4
+        # 8-bit scales, opacities and colours: a few 1/255 levels at worst, a tenth of one on average
+        assert (rendered - expected).abs().max() < 0.02 and (rendered - expected).abs().mean() < 1e-3
     with pytest.raises(ValueError, match="SH degree"):
         apply_to_model(_model(sh_degree=1), read_compact(tmp_path / "scene.compact"))
 
@@ -443,14 +519,15 @@ def test_export_compact_figures_and_untouched_model(tmp_path):
     model = _model()
     before = model_params(model)
     cameras = look_at_camera(CAMERAS[0], size=24)
-    figures = export_compact(model, cameras, tmp_path / "a.compact", CompactOptions(vq_share=0.5), progress=False)
+    options = CompactOptions(vq_share=0.5, finetune=FinetuneOptions(steps=0))
+    figures = export_compact(model, cameras, tmp_path / "a.compact", options, progress=False)
     assert all(torch.equal(before[name], value) for name, value in model_params(model).items())
-    assert figures["num_gaussians"] == 295 and figures["num_vq"] == 148 and figures["codebook_size"] == 10
+    assert figures["num_gaussians"] == 295 and figures["num_vq"] == 148 and figures["codebook_size"] == 37
     assert figures["file_bytes"] == (tmp_path / "a.compact").stat().st_size and figures["compression_ratio"] > 2.5
     header = read_header(tmp_path / "a.compact")
     assert header["format_version"] == FORMAT_VERSION and header["metadata"]["options"]["vq_share"] == 0.5
     with pytest.raises(ValueError, match="training cameras"):
-        export_compact(model, None, tmp_path / "b.compact", progress=False)
+        export_compact(model, None, tmp_path / "b.compact", options, progress=False)
     with pytest.raises(ValueError, match="pipeline"):
         export_compact(model, cameras, tmp_path / "b.compact", CompactOptions(finetune=FinetuneOptions(steps=1)))
 

@@ -54,22 +54,34 @@ def _vertices(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_decoded_compact_file_matches_ns_export(config, workdir):
-    """Without VQ the decoded PLY is nerfstudio's own export, to fp16 precision (quaternions normalised)."""
-    from distilled3dgs_ns.compression import read_compact
+    """Without VQ or fine-tuning the decoded PLY is nerfstudio's own export in the file's (Morton) order, each value
+    within half a step of the file's fixed point (quaternions as rotations)."""
+    from distilled3dgs_ns.compression import quantise, read_compact
 
-    compact = workdir / "fp16.compact"
+    compact = workdir / "fixed.compact"
     export = ["distilled3dgs-export", "compact", "--load-config", str(config), "--output", str(compact)]
-    run_cli([*export, "--vq-share", "0"], cwd=workdir)
+    run_cli([*export, "--vq-share", "0", "--finetune.steps", "0"], cwd=workdir)
     run_cli(["distilled3dgs-export", "decode", "--input", str(compact), "--output", "decoded.ply"], cwd=workdir)
     run_cli(["ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", "ns"], cwd=workdir)
     ours, theirs = _vertices(workdir / "decoded.ply"), _vertices(workdir / "ns" / "splat.ply")
     assert list(ours) == list(theirs) and len(ours["x"]) == len(theirs["x"]) > 0
-    quats = np.stack([theirs[f"rot_{i}"] for i in range(4)], axis=1)
-    theirs.update({f"rot_{i}": (quats / np.linalg.norm(quats, axis=1, keepdims=True))[:, i] for i in range(4)})
-    scale = read_compact(compact).position_frame[1]
-    for name, column in theirs.items():
-        bound = 2.0**-12 * scale + 1e-6 if name in ("x", "y", "z") else 2.0**-11 * np.abs(column) + 1e-6
-        assert (np.abs(ours[name] - column) <= bound).all(), name
+    q = read_compact(compact).quantisation
+    means = np.stack([theirs[axis] for axis in "xyz"], axis=1)
+    order = np.argsort(quantise.position_codes(means, q), kind="stable")
+    theirs = {name: column[order] for name, column in theirs.items()}
+    half = {
+        axis: (q.position_high[i] - q.position_low[i]) / (2**q.position_bits - 1) / 2 for i, axis in enumerate("xyz")
+    }
+    half |= {f"scale_{i}": (q.scale_range[1] - q.scale_range[0]) / 255 / 2 for i in range(3)}
+    half |= {"opacity": (q.opacity_range[1] - q.opacity_range[0]) / 255 / 2}
+    half |= {f"f_dc_{i}": (q.dc_high[i] - q.dc_low[i]) / 255 / 2 for i in range(3)}
+    rest = len(q.sh_max) // 3  # the PLY is channel-major, the file coefficient-major
+    half |= {f"f_rest_{c * rest + k}": q.sh_max[3 * k + c] / 127 / 2 for c in range(3) for k in range(rest)}
+    for name, bound in half.items():
+        assert (np.abs(ours[name] - theirs[name]) <= bound * (1 + 1e-5) + 1e-6).all(), name
+    rotations = [np.stack([table[f"rot_{i}"] for i in range(4)], axis=1) for table in (ours, theirs)]
+    unit = rotations[1] / np.linalg.norm(rotations[1], axis=1, keepdims=True)
+    assert np.abs((rotations[0] * unit).sum(axis=1)).min() > 1 - 2e-4  # see test_compression.ROTATION_DOT
 
 
 def test_quantised_finetuned_export_and_info(config, workdir):
@@ -81,7 +93,7 @@ def test_quantised_finetuned_export_and_info(config, workdir):
     )  # fmt: skip
     assert "vector-quantised" in result.stdout and "fine-tuning loss" in result.stdout
     info = run_cli(["distilled3dgs-export", "info", "--input", str(compact)], cwd=workdir)
-    assert "vector-quantised" in info.stdout and "format v1" in info.stdout and "lzma" in info.stdout
+    assert "vector-quantised" in info.stdout and "format v2" in info.stdout and "lzma" in info.stdout
     header = json.loads(
         run_cli(["distilled3dgs-export", "info", "--input", str(compact), "--json", "True"], workdir).stdout
     )

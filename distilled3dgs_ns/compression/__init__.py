@@ -1,5 +1,5 @@
-"""Compact storage of a trained splat: fp16 attributes, K-means VQ of the least significant SH coefficients
-(LightGaussian), a checked binary format, its decoding to a standard 3DGS PLY, and the viewers'
+"""Compact storage of a trained splat: fixed-point attributes in Morton order, K-means VQ of the SH coefficients
+and fine-tuning (LightGaussian), a checked binary format, its decoding to a standard 3DGS PLY, and the viewers'
 formats (SPZ, compressed PLY, .splat)."""
 
 from distilled3dgs_ns.compression.codebook import Codebook, default_codebook_size, nearest_codes, train_codebook

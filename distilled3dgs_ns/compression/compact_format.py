@@ -6,17 +6,20 @@ Layout (all little endian)::
     bytes before it | payload (``header["stored_bytes"]`` bytes, CRC32 in ``header["payload_crc32"]``)
 
 The payload is the concatenation of the sections listed in the header, each stored *byte-planar* (all first bytes of
-its elements, then all second bytes...: the exponent bytes of fp16 values then sit together, which zlib and lzma
-compress better), then optionally compressed. Sections:
+its elements, then all second bytes...: the high bytes of position differences, mostly zero, then sit together, which
+zlib and lzma compress well), then optionally compressed. Format 2 sections (fixed point, see ``quantise``; the
+header's ``quantisation`` object holds the ranges), Gaussians in Morton order of their positions:
 
-- ``means`` fp16 ``[N, 3]``, relative to the header's ``position`` frame: ``means = center + scale * value``, with
-  the frame centred on the bounding box and scaled to [-1, 1], so no scene can overflow fp16 and an off-centre
-  scene keeps fp16's precision;
-- ``scales`` (log), ``quats`` (unit norm), ``opacities`` (logit), ``features_dc`` fp16, as splatfacto holds them;
+- ``morton_delta`` uint64 ``[N]``: the differences of the sorted Morton codes of the position cells;
+- ``scales`` (log), ``features_dc`` uint8 ``[N, 3]``, ``opacities`` (logit) uint8 ``[N]``, ``quats`` ``[N, 3]``
+  bytes (smallest three);
 - ``vq_mask`` ``ceil(N / 8)`` bytes, the bit set (``numpy.packbits`` order) for Gaussians whose SH rest
   coefficients come from the codebook;
-- ``features_rest`` fp16 ``[N - M, K - 1, 3]`` for the others (M = number of set bits), in Gaussian order;
-- ``codebook`` fp16 ``[C, K - 1, 3]`` and ``vq_indices`` uint16 (uint32 past 65536 codes) ``[M]``.
+- ``features_rest`` int8 ``[N - M, K - 1, 3]`` for the others (M = number of set bits), in Gaussian order;
+- ``codebook`` int8 ``[C, K - 1, 3]`` and ``vq_indices`` uint8 (uint16 past 256 codes, uint32 past 65536) ``[M]``.
+
+Format 1 (read, no longer written) held every attribute in float16 (positions relative to a ``position`` frame in
+the header), ``quats`` ``[N, 4]`` and ``opacities`` ``[N, 1]``, and uint16 indices.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,10 +38,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distilled3dgs_ns.compression import quantise
+from distilled3dgs_ns.compression.quantise import Quantisation
 from distilled3dgs_ns.errors import UserError
 
 MAGIC = b"D3DGSCMP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sHI")
 _CRC = struct.Struct("<I")
 Compression = Literal["none", "zlib", "lzma"]
@@ -84,8 +89,9 @@ class CompactGaussians:
     """``[C, K - 1, 3]``."""
     indices: Tensor
     """``[M]`` int64, the code of each masked Gaussian in Gaussian order."""
-    position_frame: tuple[list[float], float] | None = None
-    """``(center, scale)`` that positions are stored relative to; None: the bounding box of ``means``."""
+    quantisation: Quantisation | None = None
+    """The fixed-point ranges the values were rounded with (``encode.pack`` and ``read_compact`` set them). The
+    writer uses them when they cover the values (then the file reads back exactly these values), else fits new ones."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form JSON information kept in the header (producer, settings, source); read back as written."""
 
@@ -125,6 +131,14 @@ class CompactGaussians:
     def codebook_size(self) -> int:
         return self.codebook.shape[0]
 
+    def take(self, order: Tensor) -> CompactGaussians:
+        """The Gaussians in ``order`` (a permutation), codes following their Gaussians."""
+        codes = torch.full((self.num_gaussians,), -1, dtype=torch.long, device=self.vq_mask.device)
+        codes[self.vq_mask] = self.indices.to(codes.device)
+        codes, mask = codes[order], self.vq_mask[order]
+        fields = {name: value[order] for name, value in self.params().items()}
+        return replace(self, **fields, vq_mask=mask, indices=codes[mask])
+
     def params(self) -> dict[str, Tensor]:
         """The tensors keyed by splatfacto's ``gauss_params`` names."""
         return {
@@ -135,27 +149,6 @@ class CompactGaussians:
             "features_rest": self.features_rest,
             "opacities": self.opacities,
         }
-
-
-def position_frame(means: Tensor) -> tuple[list[float], float]:
-    """Bounding-box centre and half of its largest side: positions relative to it lie in [-1, 1]."""
-    if means.shape[0] == 0:
-        return [0.0, 0.0, 0.0], 1.0
-    low, high = means.min(dim=0).values.double(), means.max(dim=0).values.double()
-    scale = float((high - low).max()) / 2
-    return ((low + high) / 2).float().tolist(), scale if scale > 0 else 1.0
-
-
-def to_frame(means: Tensor, frame: tuple[list[float], float]) -> Tensor:
-    """Positions as stored: fp16 in the frame."""
-    center, scale = frame
-    return ((means.float() - means.new_tensor(center, dtype=torch.float32)) / scale).half()
-
-
-def from_frame(stored: Tensor, frame: tuple[list[float], float]) -> Tensor:
-    """Stored positions back to world (float32)."""
-    center, scale = frame
-    return stored.float() * scale + stored.new_tensor(center, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -173,38 +166,81 @@ def _unplanar(data: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarra
     return np.ascontiguousarray(planes.T).view(dtype).reshape(shape)
 
 
-def _fp16(tensor: Tensor, name: str) -> np.ndarray:
-    array = tensor.detach().cpu().half().numpy().astype("<f2")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} has values that are not finite in float16 (NaN, inf or |x| > 65504)")
-    return array
+def _fields(g: CompactGaussians) -> dict[str, np.ndarray]:
+    """The values to store as float32 arrays, SH rest values stored by the file (codes and unquantised rows) flat."""
+
+    def array(tensor: Tensor) -> np.ndarray:
+        return tensor.detach().cpu().float().numpy()
+
+    width = 3 * g.features_rest.shape[1]
+    rest = array(g.features_rest[~g.vq_mask.to(g.features_rest.device)])
+    sh = np.concatenate([rest.reshape(len(rest), width), array(g.codebook).reshape(g.codebook_size, width)])
+    fields = {name: array(value) for name, value in g.params().items()}
+    return fields | {"opacities": fields["opacities"].reshape(-1), "sh": sh}
 
 
-def _unit(quats: Tensor) -> Tensor:
-    """Quaternions normalised, unless they already are to fp16 precision (so rewriting a read file is exact)."""
-    norms = quats.norm(dim=-1, keepdim=True)
-    return torch.where((norms - 1).abs() > 2.0**-8, quats / norms, quats)
+def fixed_point(g: CompactGaussians) -> tuple[CompactGaussians, Quantisation, dict[str, np.ndarray]]:
+    """The Gaussians in Morton order, their quantisation (theirs when it covers them) and the stored sections."""
+    fields = _fields(g)
+    for name, value in fields.items():
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} has values that are not finite (NaN or inf)")
+    q = g.quantisation if g.quantisation is not None and quantise.covers(g.quantisation, fields) else None
+    q = q or quantise.fit(fields)
+    codes = quantise.position_codes(fields["means"], q)
+    order = np.argsort(codes, kind="stable")
+    g = g.take(torch.from_numpy(order).to(g.means.device))
+    fields = _fields(g)
+    n, rest, c = g.num_gaussians, g.features_rest.shape[1], g.codebook_size
+    sh = quantise.encode_sh(fields["sh"], q.sh_max).reshape(len(fields["sh"]), rest, 3)
+    index_dtype = "|u1" if c <= 1 << 8 else "<u2" if c <= 1 << 16 else "<u4"
+    sorted_codes = codes[order]
+    sections = {
+        "morton_delta": np.diff(sorted_codes, prepend=np.uint64(0)).astype("<u8"),
+        "scales": quantise.encode_linear(fields["scales"], *q.scale_range, 8).astype(np.uint8),
+        "quats": quantise.encode_rotations(fields["quats"]),
+        "opacities": quantise.encode_linear(fields["opacities"], *q.opacity_range, 8).astype(np.uint8),
+        "features_dc": quantise.encode_linear(fields["features_dc"], q.dc_low, q.dc_high, 8).astype(np.uint8),
+        "vq_mask": np.packbits(g.vq_mask.cpu().numpy().astype(bool)),
+        "features_rest": sh[: n - g.num_vq],
+        "codebook": sh[n - g.num_vq :].reshape(c, rest, 3),
+        "vq_indices": g.indices.cpu().numpy().astype(index_dtype),
+    }
+    return g, q, sections
 
 
-def _sections(gaussians: CompactGaussians) -> list[tuple[str, np.ndarray]]:
-    g = gaussians
-    n, rest = g.num_gaussians, g.features_rest.shape[1]
-    if not torch.equal(g.features_rest[g.vq_mask].float(), g.codebook[g.indices].float()):
-        raise ValueError("features_rest rows under vq_mask must equal codebook[indices] (that is how they are stored)")
-    frame = g.position_frame or position_frame(g.means)
-    index_dtype = "<u2" if g.codebook_size <= 1 << 16 else "<u4"
-    vq_mask = g.vq_mask.cpu().numpy().astype(bool)
-    return [
-        ("means", _fp16(to_frame(g.means.detach().cpu(), frame), "means")),
-        ("scales", _fp16(g.scales, "scales")),
-        ("quats", _fp16(_unit(g.quats.detach().float()), "quats")),
-        ("opacities", _fp16(g.opacities.reshape(n, 1), "opacities")),
-        ("features_dc", _fp16(g.features_dc, "features_dc")),
-        ("vq_mask", np.packbits(vq_mask)),
-        ("features_rest", _fp16(g.features_rest[~g.vq_mask], "features_rest").reshape(n - g.num_vq, rest, 3)),
-        ("codebook", _fp16(g.codebook, "codebook").reshape(g.codebook_size, rest, 3)),
-        ("vq_indices", g.indices.cpu().numpy().astype(index_dtype)),
-    ]
+def decode_sections(
+    sections: dict[str, np.ndarray], q: Quantisation, sh_degree: int, device: torch.device | str = "cpu"
+) -> CompactGaussians:
+    """Gaussians from the stored sections (the inverse of ``fixed_point``); callers check counts and indices."""
+    n, rest = len(sections["morton_delta"]), (sh_degree + 1) ** 2 - 1
+    codes = np.cumsum(sections["morton_delta"], dtype=np.uint64)
+    cells = quantise.morton_cells(codes, q.position_bits)
+
+    def tensor(array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+
+    mask = torch.from_numpy(np.unpackbits(sections["vq_mask"], count=n).astype(bool)).to(device)
+    codes, unquantised = sections["codebook"], sections["features_rest"]
+    codebook = tensor(quantise.decode_sh(codes.reshape(len(codes), 3 * rest), q.sh_max)).reshape(len(codes), rest, 3)
+    indices = torch.from_numpy(sections["vq_indices"].astype(np.int64)).to(device)
+    features_rest = torch.empty(n, rest, 3, device=device)
+    values = quantise.decode_sh(unquantised.reshape(len(unquantised), 3 * rest), q.sh_max)
+    features_rest[~mask] = tensor(values).reshape(len(unquantised), rest, 3)
+    features_rest[mask] = codebook[indices]
+    return CompactGaussians(
+        means=tensor(quantise.decode_linear(cells, q.position_low, q.position_high, q.position_bits)),
+        scales=tensor(quantise.decode_linear(sections["scales"], *q.scale_range, 8)),
+        quats=tensor(quantise.decode_rotations(sections["quats"])),
+        opacities=tensor(quantise.decode_linear(sections["opacities"], *q.opacity_range, 8)).reshape(n, 1),
+        features_dc=tensor(quantise.decode_linear(sections["features_dc"], q.dc_low, q.dc_high, 8)),
+        features_rest=features_rest,
+        sh_degree=sh_degree,
+        vq_mask=mask,
+        codebook=codebook,
+        indices=indices,
+        quantisation=q,
+    )
 
 
 def _compress(data: bytes, compression: str) -> bytes:
@@ -216,29 +252,29 @@ def _compress(data: bytes, compression: str) -> bytes:
 
 
 def write_compact(path: Path | str, gaussians: CompactGaussians, compression: Compression = "zlib") -> int:
-    """Write ``gaussians`` (atomically: a half-written file never replaces a good one); returns the file size.
+    """Write ``gaussians`` (atomically: a half-written file never replaces a good one) in Morton order; returns the
+    file size.
 
-    Values are rounded to fp16 and quaternions normalised here; ``encode.pack`` returns Gaussians already in that
-    form, which therefore read back exactly (positions to float32 rounding). Non-finite values are refused.
+    Values are rounded to the fixed point of ``quantise`` here; ``encode.pack`` returns Gaussians already rounded and
+    ordered, which therefore read back as they are. Non-finite values are refused.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     _check_shapes(gaussians)
-    sections = _sections(gaussians)
-    payload = b"".join(_planar(array) for _, array in sections)
+    _, quantisation, sections = fixed_point(gaussians)
+    payload = b"".join(_planar(array) for array in sections.values())
     stored = _compress(payload, compression)
-    center, scale = gaussians.position_frame or position_frame(gaussians.means)
     header = {
         "num_gaussians": gaussians.num_gaussians,
         "sh_degree": gaussians.sh_degree,
         "num_vq": gaussians.num_vq,
         "codebook_size": gaussians.codebook_size,
-        "position": {"center": [float(c) for c in center], "scale": float(scale)},
+        "quantisation": quantisation.to_json(),
         "compression": compression,
         "payload_bytes": len(payload),
         "stored_bytes": len(stored),
         "payload_crc32": zlib.crc32(stored),
-        "sections": [{"name": name, "dtype": array.dtype.str, "shape": list(array.shape)} for name, array in sections],
+        "sections": [{"name": k, "dtype": a.dtype.str, "shape": list(a.shape)} for k, a in sections.items()],
         "metadata": gaussians.metadata,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
@@ -282,10 +318,22 @@ def _check_shapes(g: CompactGaussians) -> None:
 # ------------------------------------------------------------------------------------------------------ reading
 
 
-def _expected_sections(header: dict[str, Any]) -> list[tuple[str, str, tuple[int, ...]]]:
+def _expected_sections(header: dict[str, Any], version: int) -> list[tuple[str, str, tuple[int, ...]]]:
     """Section names, dtypes and shapes the header's counts imply."""
     n, m, c = header["num_gaussians"], header["num_vq"], header["codebook_size"]
     rest = (header["sh_degree"] + 1) ** 2 - 1
+    if version >= 2:
+        return [
+            ("morton_delta", "<u8", (n,)),
+            ("scales", "|u1", (n, 3)),
+            ("quats", "|u1", (n, 3)),
+            ("opacities", "|u1", (n,)),
+            ("features_dc", "|u1", (n, 3)),
+            ("vq_mask", "|u1", (math.ceil(n / 8),)),
+            ("features_rest", "|i1", (n - m, rest, 3)),
+            ("codebook", "|i1", (c, rest, 3)),
+            ("vq_indices", "|u1" if c <= 1 << 8 else "<u2" if c <= 1 << 16 else "<u4", (m,)),
+        ]
     return [
         ("means", "<f2", (n, 3)),
         ("scales", "<f2", (n, 3)),
@@ -299,7 +347,7 @@ def _expected_sections(header: dict[str, Any]) -> list[tuple[str, str, tuple[int
     ]
 
 
-def _check_header(path: Path, header: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+def _check_header(path: Path, header: Any, version: int) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     """Validate the header's fields and that its counts, sections and sizes agree; returns the section layout."""
 
     def bad(problem: str) -> CompactFormatError:
@@ -320,17 +368,14 @@ def _check_header(path: Path, header: Any) -> list[tuple[str, np.dtype, tuple[in
         raise bad(f"unknown compression {header.get('compression')!r} (known: {', '.join(COMPRESSIONS)})")
     if not isinstance(header.get("payload_crc32"), int):
         raise bad("payload_crc32 missing")
-    position = header.get("position")
-    numbers = [*position.get("center", []), position.get("scale")] if isinstance(position, dict) else []
-    if (
-        not numbers
-        or not isinstance(position["center"], list)
-        or len(position["center"]) != 3
-        or not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
-        or position["scale"] <= 0
-    ):
-        raise bad(f"position frame {position!r} is not {{'center': [x, y, z], 'scale': s > 0}}")
-    expected = _expected_sections(header)
+    if version >= 2:
+        try:
+            Quantisation.from_json(header.get("quantisation"), 3 * rest_count(header))
+        except ValueError as error:
+            raise bad(f"quantisation: {error}") from None
+    else:
+        _check_position_frame(header.get("position"), bad)
+    expected = _expected_sections(header, version)
     listed = [
         (s.get("name"), s.get("dtype"), tuple(s.get("shape", ()))) if isinstance(s, dict) else s
         for s in header.get("sections", [])
@@ -344,6 +389,24 @@ def _check_header(path: Path, header: Any) -> list[tuple[str, np.dtype, tuple[in
     if header["compression"] == "none" and header["stored_bytes"] != header["payload_bytes"]:
         raise bad(f"uncompressed payload of {header['payload_bytes']} bytes stored as {header['stored_bytes']}")
     return layout
+
+
+def rest_count(header: dict[str, Any]) -> int:
+    """SH rest coefficients per colour channel, ``(degree + 1)^2 - 1``."""
+    return (header["sh_degree"] + 1) ** 2 - 1
+
+
+def _check_position_frame(position: Any, bad: Any) -> None:
+    """Format 1's ``{'center': [x, y, z], 'scale': s > 0}``."""
+    numbers = [*position.get("center", []), position.get("scale")] if isinstance(position, dict) else []
+    if (
+        not numbers
+        or not isinstance(position["center"], list)
+        or len(position["center"]) != 3
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
+        or position["scale"] <= 0
+    ):
+        raise bad(f"position frame {position!r} is not {{'center': [x, y, z], 'scale': s > 0}}")
 
 
 def _decompress(path: Path, stored: bytes, compression: str, size: int) -> bytes:
@@ -417,8 +480,8 @@ def read_compact(path: Path | str, device: torch.device | str = "cpu") -> Compac
     """Read and fully validate a compact file; raises ``CompactFormatError`` for anything wrong with its content."""
     path = _compact_file(path)
     data = path.read_bytes()
-    header, _, start = _read_header(path, data)
-    layout = _check_header(path, header)
+    header, version, start = _read_header(path, data)
+    layout = _check_header(path, header, version)
     stored = data[start:]
     if len(stored) < header["stored_bytes"]:
         raise CompactFormatError(path, f"truncated: the payload has {len(stored)} of {header['stored_bytes']} bytes")
@@ -434,17 +497,40 @@ def read_compact(path: Path | str, device: torch.device | str = "cpu") -> Compac
         size = dtype.itemsize * math.prod(shape)
         arrays[name] = _unplanar(payload[offset : offset + size], dtype, shape)
         offset += size
-    return _decode(path, header, arrays, device)
+    _check_indices(path, header, arrays)
+    if version >= 2:
+        return _decode_fixed_point(path, header, arrays, device)
+    return _decode_float16(path, header, arrays, device)
 
 
-def _decode(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], device) -> CompactGaussians:
+def _check_indices(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     n, m, c = header["num_gaussians"], header["num_vq"], header["codebook_size"]
     bits = np.unpackbits(arrays["vq_mask"], count=None)
     if bits[n:].any() or int(bits[:n].sum()) != m:
         raise CompactFormatError(path, f"the VQ mask marks {int(bits.sum())} Gaussians, the header says {m}")
-    indices = arrays["vq_indices"].astype(np.int64)
-    if m and indices.max() >= c:
+    indices = arrays["vq_indices"]
+    if m and int(indices.max()) >= c:
         raise CompactFormatError(path, f"a VQ index ({int(indices.max())}) points past the {c}-code codebook")
+
+
+def _metadata(header: dict[str, Any]) -> dict[str, Any]:
+    return header.get("metadata") if isinstance(header.get("metadata"), dict) else {}
+
+
+def _decode_fixed_point(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], device) -> CompactGaussians:
+    q = Quantisation.from_json(header["quantisation"], 3 * rest_count(header))
+    with np.errstate(over="ignore"):
+        codes = np.cumsum(arrays["morton_delta"], dtype=np.uint64)
+    if len(codes) and (np.any(np.diff(codes.astype(np.float64)) < 0) or int(codes[-1]) >> (3 * q.position_bits)):
+        raise CompactFormatError(path, f"positions outside the {q.position_bits}-bit grid the header declares")
+    gaussians = decode_sections(arrays, q, header["sh_degree"], device)
+    gaussians.metadata = _metadata(header)
+    return gaussians
+
+
+def _decode_float16(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], device) -> CompactGaussians:
+    """Format 1."""
+    n = header["num_gaussians"]
 
     def tensor(array: np.ndarray) -> Tensor:
         return torch.from_numpy(array.astype(np.float32)).to(device)
@@ -454,14 +540,14 @@ def _decode(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], d
     for name, value in [*values.items(), ("features_rest", tensor(arrays["features_rest"])), ("codebook", codebook)]:
         if not torch.isfinite(value).all():
             raise CompactFormatError(path, f"non-finite values (NaN or inf) in {name}")
-    mask = torch.from_numpy(bits[:n].astype(bool)).to(device)
-    indices_t = torch.from_numpy(indices).to(device)
+    mask = torch.from_numpy(np.unpackbits(arrays["vq_mask"], count=n).astype(bool)).to(device)
+    indices = torch.from_numpy(arrays["vq_indices"].astype(np.int64)).to(device)
     features_rest = torch.empty(n, codebook.shape[1], 3, device=device)
     features_rest[~mask] = tensor(arrays["features_rest"])
-    features_rest[mask] = codebook[indices_t]
-    frame = (list(header["position"]["center"]), float(header["position"]["scale"]))
+    features_rest[mask] = codebook[indices]
+    center, scale = header["position"]["center"], float(header["position"]["scale"])
     return CompactGaussians(
-        means=from_frame(values["means"], frame),
+        means=values["means"] * scale + values["means"].new_tensor(center),
         scales=values["scales"],
         quats=values["quats"],
         opacities=values["opacities"],
@@ -470,9 +556,8 @@ def _decode(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], d
         sh_degree=header["sh_degree"],
         vq_mask=mask,
         codebook=codebook,
-        indices=indices_t,
-        position_frame=frame,
-        metadata=header.get("metadata") if isinstance(header.get("metadata"), dict) else {},
+        indices=indices,
+        metadata=_metadata(header),
     )
 
 
@@ -485,5 +570,5 @@ def read_header(path: Path | str) -> dict[str, Any]:
         if len(head) == _PREFIX.size and head.startswith(MAGIC):
             head += file.read(min(_PREFIX.unpack(head)[2], MAX_HEADER_BYTES) + _CRC.size)
     header, version, _ = _read_header(path, head)
-    _check_header(path, header)
+    _check_header(path, header, version)
     return {**header, "format_version": version}

@@ -1,4 +1,4 @@
-"""Gaussian parameters to ``CompactGaussians``: fp16 everywhere, K-means VQ of the least significant SH rests."""
+"""Gaussian parameters to ``CompactGaussians``: K-means VQ of the SH rests, then the file's fixed point."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from distilled3dgs_ns.compression.codebook import default_codebook_size, train_codebook
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, from_frame, position_frame, to_frame
+from distilled3dgs_ns.compression.compact_format import CompactGaussians, decode_sections, fixed_point
 from distilled3dgs_ns.pruning import lowest_share_mask
 
 MIN_OPACITY_LOGIT = -5.5373
@@ -22,14 +22,13 @@ alpha threshold, and ns-export leaves it out."""
 class VQOptions:
     """Which SH rests are vector-quantised and how the codebook is trained."""
 
-    vq_share: float = 0.6
-    """Share of the Gaussians, least significant first, whose SH rest coefficients are replaced by a codebook entry.
-    Measured on lego-100 (a 10.8k-Gaussian teacher, 33.04 dB): fp16 alone 1.09 MB (PLY 2.69 MB) at +0.00 dB; 0.3:
-    0.86 MB, -0.02 dB; 0.6: 0.63 MB, -0.15 dB, and +0.04 dB after 300 fine-tuning steps; 1.0: 0.32 MB, -0.47 dB.
-    0.6 halves the SH cost while fine-tuning can still fully recover the loss."""
+    vq_share: float = 1.0
+    """Share of the Gaussians, least significant first, whose SH rest coefficients are replaced by a codebook entry;
+    the others keep theirs at 8 bits (45 bytes at SH degree 3, against about 1 for an index). With every SH from the
+    codebook and 1000 fine-tuning steps, the demo student's file is 0.6x its SPZ at a smaller loss (README)."""
     codebook_size: int = 0
-    """Codes in the K-means codebook; 0: LightGaussian's 8192, but at most one code per 16 quantised vectors (see
-    ``default_codebook_size``)."""
+    """Codes in the K-means codebook; 0: three per square root of the quantised vectors, at most LightGaussian's 8192
+    (see ``default_codebook_size``)."""
     kmeans_iterations: int = 20
     """Lloyd iterations at most (stops earlier once the assignment no longer changes)."""
     seed: int = 0
@@ -37,6 +36,12 @@ class VQOptions:
     drop_invisible: bool = True
     """Drop Gaussians that cannot show (opacity < 1/255, non-finite or zero-norm quaternion), as
     ``ns-export gaussian-splat`` does, so the decoded PLY matches its export."""
+
+
+def needs_scores(options: VQOptions) -> bool:
+    """Whether encoding needs the Gaussians' significance: to choose the ones to quantise (not all, not none).
+    (Weighing the k-means by it was tried: 0.03-0.05 dB worse on the demo student.)"""
+    return 0 < options.vq_share < 1
 
 
 def visible_mask(params: Mapping[str, Tensor]) -> Tensor:
@@ -49,13 +54,6 @@ def visible_mask(params: Mapping[str, Tensor]) -> Tensor:
     return finite & opaque & (params["quats"].norm(dim=-1) > 0)
 
 
-def _fp16(value: Tensor, name: str) -> Tensor:
-    rounded = value.detach().float().half().float()
-    if not torch.isfinite(rounded).all():
-        raise ValueError(f"{name} has values that are not finite in float16 (|x| > 65504, NaN or inf)")
-    return rounded
-
-
 def pack(
     params: Mapping[str, Tensor],
     sh_degree: int,
@@ -64,34 +62,31 @@ def pack(
     indices: Tensor,
     metadata: dict[str, Any] | None = None,
 ) -> CompactGaussians:
-    """The Gaussians exactly as the file will hold them: fp16-rounded, unit quaternions, VQ rows from the codebook.
+    """The Gaussians exactly as the file will hold them: in Morton order, rounded to its fixed point, VQ rows from
+    the codebook (see ``quantise``).
 
     ``codebook`` is ``[C, K - 1, 3]`` (or flat, ``[C, 3(K - 1)]``); ``indices`` holds the code of each ``vq_mask``
     row, in Gaussian order.
     """
-    means = params["means"].detach().float()
-    frame = position_frame(means)
-    quats = params["quats"].detach().float()
-    features_rest = _fp16(params["features_rest"], "features_rest")
-    codebook = _fp16(codebook, "codebook").reshape(codebook.shape[0], *features_rest.shape[1:])
+    features_rest = params["features_rest"].detach().float().clone()
+    codebook = codebook.detach().float().reshape(codebook.shape[0], *features_rest.shape[1:])
     features_rest[vq_mask] = codebook[indices]
-    stored_means = to_frame(means, frame)
-    if not torch.isfinite(stored_means).all():
-        raise ValueError("means has non-finite values")
-    return CompactGaussians(
-        means=from_frame(stored_means, frame),
-        scales=_fp16(params["scales"], "scales"),
-        quats=_fp16(quats / quats.norm(dim=-1, keepdim=True), "quats"),
-        opacities=_fp16(params["opacities"].reshape(-1, 1), "opacities"),
-        features_dc=_fp16(params["features_dc"], "features_dc"),
+    raw = CompactGaussians(
+        means=params["means"].detach().float(),
+        scales=params["scales"].detach().float(),
+        quats=params["quats"].detach().float(),
+        opacities=params["opacities"].detach().float().reshape(-1, 1),
+        features_dc=params["features_dc"].detach().float(),
         features_rest=features_rest,
         sh_degree=sh_degree,
         vq_mask=vq_mask.clone(),
         codebook=codebook,
         indices=indices.long().clone(),
-        position_frame=frame,
-        metadata=dict(metadata or {}),
     )
+    _, quantisation, sections = fixed_point(raw)
+    packed = decode_sections(sections, quantisation, sh_degree, params["means"].device)
+    packed.metadata = dict(metadata or {})
+    return packed
 
 
 def encode_gaussians(
@@ -101,7 +96,8 @@ def encode_gaussians(
     options: VQOptions,
     progress: bool = True,
 ) -> tuple[CompactGaussians, dict[str, Any]]:
-    """Select (drop invisible), vector-quantise the least significant ``vq_share`` by ``scores``, round to fp16.
+    """Select (drop invisible), vector-quantise the least significant ``vq_share`` by ``scores``, round to the
+    file's fixed point (``pack``).
 
     ``scores`` (``[N]``, higher is more significant, e.g. LightGaussian's global significance) is needed only when
     something is quantised. Returns the Gaussians and figures (counts, codebook size, k-means distortion).
@@ -117,11 +113,13 @@ def encode_gaussians(
     params = {name: value.detach()[keep] for name, value in params.items()}
     n = int(keep.sum())
     quantise = options.vq_share > 0 and rest_shape[0] > 0 and n > 0
-    if quantise and (scores is None or scores.shape != (n_input,)):
+    if quantise and needs_scores(options) and (scores is None or scores.shape != (n_input,)):
         got = None if scores is None else tuple(scores.shape)
-        raise ValueError(f"scores must be a [{n_input}] tensor when vq_share > 0, got {got}")
+        raise ValueError(f"scores must be a [{n_input}] tensor when 0 < vq_share < 1, got {got}")
     vq_mask = torch.zeros(n, dtype=torch.bool, device=device)
-    if quantise:
+    if quantise and options.vq_share == 1:
+        vq_mask[:] = True
+    elif quantise:
         vq_mask = ~lowest_share_mask(scores.detach()[keep.to(scores.device)].to(vq_mask.device), options.vq_share)
     num_vq = int(vq_mask.sum())
     figures: dict[str, Any] = {
@@ -141,9 +139,8 @@ def encode_gaussians(
         figures["kmeans_iterations"] = trained.iterations
         figures["kmeans_distortion"] = trained.distortion[-1]
         figures["kmeans_distortion_history"] = trained.distortion
+        error = (codebook[indices] - params["features_rest"][vq_mask].float()).pow(2).mean()
+        figures["vq_rmse"] = float(error.sqrt())  # of the codes before the file's rounding, per SH coefficient
     gaussians = pack(params, sh_degree, vq_mask, codebook, indices)
     figures["codebook_size"] = gaussians.codebook_size
-    if num_vq > 0:  # error of the stored (fp16) codes, per SH coefficient
-        error = (gaussians.features_rest[vq_mask] - params["features_rest"][vq_mask].float()).pow(2).mean()
-        figures["vq_rmse"] = float(error.sqrt())
     return gaussians, figures

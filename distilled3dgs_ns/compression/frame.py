@@ -128,7 +128,7 @@ def transform_gaussians(gaussians: CompactGaussians, move: Similarity) -> Compac
         quats=quats.to(dtype),
         features_rest=rest,
         codebook=codebook,
-        position_frame=None,
+        quantisation=None,
     )
 
 
