@@ -219,6 +219,32 @@ def test_round_trip_without_vq_is_exact_and_within_half_a_step(tmp_path):
     assert read_compact(path).quantisation == decoded.quantisation
 
 
+def _gaussians(means: torch.Tensor, log_scale: float) -> CompactGaussians:
+    n = means.shape[0]
+    return CompactGaussians.from_viewer_fields(
+        means, torch.full((n, 3), log_scale), torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.full((n,), 0.5),
+        torch.zeros(n, 3), torch.zeros(n, 3, 3),
+    )  # fmt: skip
+
+
+def test_position_bits_follow_the_gaussians_and_float32(tmp_path):
+    def bits(gaussians: CompactGaussians) -> int:
+        write_compact(tmp_path / "bits.compact", gaussians)
+        return read_header(tmp_path / "bits.compact")["quantisation"]["position_bits"]
+
+    cube = torch.rand(200, 3, generator=torch.Generator().manual_seed(4))
+    assert bits(_gaussians(cube, math.log(0.05))) == quantise.MIN_POSITION_BITS
+    assert bits(_gaussians(cube, math.log(1e-4))) == 18  # step <= 1e-4 / 16 in a unit cube: 160k cells
+    far = _gaussians(cube * 1e-3 + 1e4, math.log(1e-9))  # float32 holds 1e4 to ~1e-3: no finer grid than that
+    assert bits(far) < quantise.MAX_POSITION_BITS
+    for name, gaussians in [("far", far), ("one", _gaussians(torch.tensor([[0.3, -2.0, 7.0]]), 0.0))]:
+        write_compact(tmp_path / f"{name}.compact", gaussians)
+        decoded = read_compact(tmp_path / f"{name}.compact")
+        assert (decoded.means - gaussians.means).abs().max() <= 1e-3, name
+        write_compact(tmp_path / f"{name}2.compact", decoded)  # a read file writes the same bytes again
+        assert (tmp_path / f"{name}2.compact").read_bytes() == (tmp_path / f"{name}.compact").read_bytes(), name
+
+
 def test_vq_rows_come_from_the_codebook_and_the_rest_is_int8(tmp_path):
     model = _model()
     params = model_params(model)
