@@ -17,6 +17,9 @@ from types import TracebackType
 
 USAGE_EXIT = 2
 """Exit status of every distilled3dgs command for a user error (as for a bad option on the command line)."""
+TEACHER_CHECK_OPTION = "--pipeline.teacher-min-psnr"
+"""The student's option for the teacher check (``StudentPipelineConfig.teacher_min_psnr``): the check's error names
+it, and distilled3dgs-run recognises that error by it."""
 
 
 class UserError(RuntimeError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -48,7 +49,7 @@ from distilled3dgs_ns.checkpoints import (
     newest_checkpoint,
     read_checkpoint,
 )
-from distilled3dgs_ns.errors import UserError, error_line, one_line_errors
+from distilled3dgs_ns.errors import TEACHER_CHECK_OPTION, UserError, error_line, one_line_errors
 from distilled3dgs_ns.presets import available_presets, load_preset
 from distilled3dgs_ns.scenes import EmbeddedSceneConfig
 from distilled3dgs_ns.schedules import paper_fraction, to_step
@@ -426,12 +427,11 @@ def run_training(
     if code != 0 or not training.final_checkpoint(runs).exists():
         lines = log_path.read_text().splitlines() if log_path.exists() else []
         prefix = error_line("ns-train", "")
-        ours = [line for line in lines if line.startswith(prefix)]  # a UserError, printed as one line
+        ours = [i for i, line in enumerate(lines) if line.startswith(prefix)]  # a UserError, printed as one message
         if ours:
-            raise StageFailed(
-                f"{training.stage}: {ours[-1].removeprefix(prefix)} (log: {log_path}). Fix the settings and "
-                f"pass --redo {training.stage}, or re-run as it is to resume from its latest checkpoint."
-            )
+            follow = itertools.takewhile(lambda line: line.startswith("  "), lines[ours[-1] + 1 :])  # e.g. "  fix: ..."
+            message = " ".join([lines[ours[-1]].removeprefix(prefix), *(line.strip() for line in follow)])
+            raise StageFailed(f"{training.stage}: {message} (log: {log_path}). {_remedy(training, config, message)}")
         tail = "\n".join(lines[-15:])
         raise StageFailed(
             f"{training.stage}: ns-train exited with code {code}; last lines of {log_path}:\n{tail}\n"
@@ -439,6 +439,19 @@ def run_training(
             "latest checkpoint."
         )
     return {"resumed_from": resume_step, "train_s": sum(attempts["seconds"]), "attempts": len(attempts["seconds"])}
+
+
+def _remedy(training: Training, config: RunConfig, message: str) -> str:
+    """What to do after ns-train's one-line error. A failed teacher check is fixed on the teachers (redoing the
+    student alone would fail again), so it is said in this command's options."""
+    if TEACHER_CHECK_OPTION in message:
+        teachers = " ".join(f"teacher-{variant}" for variant in config.variants)
+        return (
+            f"In this run: train the teachers longer (--teacher-steps more than {config.teacher_steps}, with --redo "
+            f'{teachers}), or lower the check (--student-args="{TEACHER_CHECK_OPTION} <dB>").'
+        )
+    stage = training.stage
+    return f"Fix the settings and pass --redo {stage}, or re-run as it is to resume from its latest checkpoint."
 
 
 # --------------------------------------------------------------------------------------------------- the run

@@ -37,7 +37,7 @@ from nerfstudio.utils.colors import get_color
 from torch import Tensor
 
 from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, check_finite, gaussian_state, newest_checkpoint
-from distilled3dgs_ns.errors import UserError
+from distilled3dgs_ns.errors import TEACHER_CHECK_OPTION, UserError
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 
 DATAPARSER_TRANSFORMS = "dataparser_transforms.json"
@@ -229,7 +229,7 @@ def check_psnr(teacher: Teacher, views: Sequence[tuple[Cameras, Tensor]], min_ps
             teacher.config_path,
             f"renders {len(views)} of the student's training views at {psnr:.1f} dB PSNR against their ground "
             f"truth (need >= {min_psnr:g} dB): it was trained on another scene (or barely trained)",
-            "pass teachers trained on the student's --data, or lower --pipeline.teacher-min-psnr",
+            f"pass teachers trained on the student's --data, or lower {TEACHER_CHECK_OPTION}",
         )
     return psnr
 

@@ -488,3 +488,31 @@ def test_a_diverged_training_fails_its_stage_with_ns_trains_one_line(tmp_path, m
     training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=200, options=[])
     with pytest.raises(run_module.StageFailed, match=r"^teacher-standard: step 12: training diverged.*--redo teacher"):
         run_module.run_training(training, RunConfig(data=tmp_path), tmp_path, tmp_path / "runs", {}, print)
+
+
+def test_a_failed_teacher_check_names_the_run_options_that_fix_it(tmp_path, monkeypatch):
+    """Redoing the student alone fails again: the fix is longer teachers (or a lower check), in this command's terms."""
+    from distilled3dgs_ns.errors import TEACHER_CHECK_OPTION
+
+    check = [  # as ns-train prints the teacher check's TeacherLoadError
+        "ns-train: teacher runs/teacher-standard/config.yml: renders 8 of the student's training views at 9.1 dB PSNR "
+        "against their ground truth (need >= 18 dB): it was trained on another scene (or barely trained)\n",
+        f"  fix: pass teachers trained on the student's --data, or lower {TEACHER_CHECK_OPTION}\n",
+    ]
+
+    class Refusing(FakeNsTrain):
+        def __init__(self, command: list[str], **kwargs: object) -> None:
+            super().__init__(command, **kwargs)
+            self.stdout = iter(check)
+
+    monkeypatch.setattr(run_module.subprocess, "Popen", Refusing)
+    config = RunConfig(data=tmp_path, variants=("standard", "dropout"), teacher_steps=40)
+    training = Training(stage="student", method="distilled3dgs-student", steps=200, options=[])
+    with pytest.raises(run_module.StageFailed) as error:
+        run_module.run_training(training, config, tmp_path, tmp_path / "runs", {}, print)
+    message = str(error.value)
+    assert message.startswith("student: teacher runs/teacher-standard/config.yml: renders 8") and "9.1 dB" in message
+    assert "fix: pass teachers trained on the student's --data" in message  # ns-train's own advice, kept
+    assert "--teacher-steps" in message and "more than 40" in message
+    assert "--redo teacher-standard teacher-dropout" in message
+    assert f'--student-args="{TEACHER_CHECK_OPTION} ' in message and "--redo student" not in message
