@@ -178,7 +178,7 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
             f"{student['num_gaussians']})"
             for name, m in baselines.items()
         ]
-        if config.teacher_terms == "none" and "baseline-no-kd" in baselines:
+        if config.student_is_no_kd and "baseline-no-kd" in baselines:
             lines.append(
                 "- (the student learned from the ground truth alone, starting from the teacher: baseline-no-kd is the "
                 "student itself, not trained twice)"

@@ -253,6 +253,12 @@ class RunConfig:
         if len(set(self.variants)) != len(self.variants):
             raise RunSetupError(f"--variants lists a variant twice: {' '.join(self.variants)}")
 
+    @property
+    def student_is_no_kd(self) -> bool:
+        """With no teacher terms the student's recipe is baseline-no-kd's: its row is the student's, not trained
+        twice."""
+        return self.teacher_terms == "none"
+
     def gpu_ids(self) -> list[str]:
         ids = [part.strip() for part in self.devices.split(",") if part.strip()]
         for value in ids:
@@ -893,10 +899,10 @@ class Run:
         if cfg.baselines:
             student = StudentResult.of(trained["student"], cfg.student_steps)
             baselines = self.baseline_trainings(Path(standard["config"]), teacher_count, student)
-            if cfg.teacher_terms == "none":  # the student's own recipe: its figures are the row, not trained twice
+            if cfg.student_is_no_kd:
                 baselines = [training for training in baselines if training.stage != "baseline-no-kd"]
             trained |= self.train_stages(baselines, data, gpus)
-            if cfg.teacher_terms == "none":
+            if cfg.student_is_no_kd:
                 trained["baseline-no-kd"] = trained["student"]
         evaluations = {
             name: self.stage_eval(name, trained[name], student=name == "student") for name in self.model_stages()

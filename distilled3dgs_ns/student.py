@@ -269,9 +269,10 @@ class StudentModel(PortableSplatfactoModel):
         if self.training and self.structure_loss_due(self.step):
             assert self.structure_loss is not None
             loss_dict["structure_loss"] = self.config.structure_weight * self.structure_loss(self.means)
-        steps = self.prune_steps()
-        if self.training and self.config.sparsity_weight > 0 and steps and self.step < steps[-1]:
-            loss_dict["sparsity_loss"] = self.config.sparsity_weight * torch.sigmoid(self.opacities).mean()
+        if self.training and self.config.sparsity_weight > 0:
+            steps = self.prune_steps()
+            if steps and self.step < steps[-1]:
+                loss_dict["sparsity_loss"] = self.config.sparsity_weight * torch.sigmoid(self.opacities).mean()
         return loss_dict
 
     def get_metrics_dict(self, outputs, batch) -> dict[str, Any]:

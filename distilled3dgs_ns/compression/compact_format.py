@@ -179,6 +179,11 @@ def _fields(g: CompactGaussians) -> dict[str, np.ndarray]:
     return fields | {"opacities": fields["opacities"].reshape(-1), "sh": sh}
 
 
+def _index_dtype(codebook_size: int) -> str:
+    """Format 2's VQ indices: the narrowest unsigned integer that holds every code."""
+    return "|u1" if codebook_size <= 1 << 8 else "<u2" if codebook_size <= 1 << 16 else "<u4"
+
+
 def fixed_point(g: CompactGaussians) -> tuple[CompactGaussians, Quantisation, dict[str, np.ndarray]]:
     """The Gaussians in Morton order, their quantisation (theirs when it covers them) and the stored sections."""
     fields = _fields(g)
@@ -193,7 +198,6 @@ def fixed_point(g: CompactGaussians) -> tuple[CompactGaussians, Quantisation, di
     fields = _fields(g)
     n, rest, c = g.num_gaussians, g.features_rest.shape[1], g.codebook_size
     sh = quantise.encode_sh(fields["sh"], q.sh_max).reshape(len(fields["sh"]), rest, 3)
-    index_dtype = "|u1" if c <= 1 << 8 else "<u2" if c <= 1 << 16 else "<u4"
     sorted_codes = codes[order]
     sections = {
         "morton_delta": np.diff(sorted_codes, prepend=np.uint64(0)).astype("<u8"),
@@ -204,7 +208,7 @@ def fixed_point(g: CompactGaussians) -> tuple[CompactGaussians, Quantisation, di
         "vq_mask": np.packbits(g.vq_mask.cpu().numpy().astype(bool)),
         "features_rest": sh[: n - g.num_vq],
         "codebook": sh[n - g.num_vq :].reshape(c, rest, 3),
-        "vq_indices": g.indices.cpu().numpy().astype(index_dtype),
+        "vq_indices": g.indices.cpu().numpy().astype(_index_dtype(c)),
     }
     return g, q, sections
 
@@ -212,9 +216,13 @@ def fixed_point(g: CompactGaussians) -> tuple[CompactGaussians, Quantisation, di
 def decode_sections(
     sections: dict[str, np.ndarray], q: Quantisation, sh_degree: int, device: torch.device | str = "cpu"
 ) -> CompactGaussians:
-    """Gaussians from the stored sections (the inverse of ``fixed_point``); callers check counts and indices."""
+    """Gaussians from the stored sections (the inverse of ``fixed_point``); callers check counts and indices.
+    Raises ``ValueError`` when the position differences leave the grid ``q`` declares (a damaged file)."""
     n, rest = len(sections["morton_delta"]), (sh_degree + 1) ** 2 - 1
-    codes = np.cumsum(sections["morton_delta"], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        codes = np.cumsum(sections["morton_delta"], dtype=np.uint64)
+    if n and (np.any(np.diff(codes.astype(np.float64)) < 0) or int(codes[-1]) >> (3 * q.position_bits)):
+        raise ValueError(f"positions outside the {q.position_bits}-bit grid the header declares")
     cells = quantise.morton_cells(codes, q.position_bits)
 
     def tensor(array: np.ndarray) -> Tensor:
@@ -332,7 +340,7 @@ def _expected_sections(header: dict[str, Any], version: int) -> list[tuple[str, 
             ("vq_mask", "|u1", (math.ceil(n / 8),)),
             ("features_rest", "|i1", (n - m, rest, 3)),
             ("codebook", "|i1", (c, rest, 3)),
-            ("vq_indices", "|u1" if c <= 1 << 8 else "<u2" if c <= 1 << 16 else "<u4", (m,)),
+            ("vq_indices", _index_dtype(c), (m,)),
         ]
     return [
         ("means", "<f2", (n, 3)),
@@ -519,11 +527,10 @@ def _metadata(header: dict[str, Any]) -> dict[str, Any]:
 
 def _decode_fixed_point(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], device) -> CompactGaussians:
     q = Quantisation.from_json(header["quantisation"], 3 * rest_count(header))
-    with np.errstate(over="ignore"):
-        codes = np.cumsum(arrays["morton_delta"], dtype=np.uint64)
-    if len(codes) and (np.any(np.diff(codes.astype(np.float64)) < 0) or int(codes[-1]) >> (3 * q.position_bits)):
-        raise CompactFormatError(path, f"positions outside the {q.position_bits}-bit grid the header declares")
-    gaussians = decode_sections(arrays, q, header["sh_degree"], device)
+    try:
+        gaussians = decode_sections(arrays, q, header["sh_degree"], device)
+    except ValueError as error:
+        raise CompactFormatError(path, str(error)) from None
     gaussians.metadata = _metadata(header)
     return gaussians
 

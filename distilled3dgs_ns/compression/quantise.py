@@ -103,7 +103,6 @@ def fit(fields: dict[str, np.ndarray]) -> Quantisation:
     """Ranges and steps for these fields (float32 arrays keyed like ``CompactGaussians``; ``sh`` holds every SH rest
     value the file stores, codebook and unquantised rows, ``[R, 3 (K - 1)]``)."""
     means, scales, opacities, dc, sh = (fields[k] for k in ("means", "scales", "opacities", "features_dc", "sh"))
-    n = len(means)
 
     def low_high(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
         if values.size == 0:
@@ -117,7 +116,7 @@ def fit(fields: dict[str, np.ndarray]) -> Quantisation:
     colour = low_high(dc, 0)
     sh_max = np.abs(sh).max(axis=0) if len(sh) else np.zeros(sh.shape[1], dtype=np.float32)
     return Quantisation(
-        position_bits=position_bits(means, scales) if n else MIN_POSITION_BITS,
+        position_bits=position_bits(means, scales),
         position_low=_f32(position[0]),  # type: ignore[arg-type]
         position_high=_f32(position[1]),  # type: ignore[arg-type]
         scale_range=_f32(np.array([scale[0], scale[1]])),  # type: ignore[arg-type]
