@@ -332,14 +332,20 @@ def training_fingerprint(training: Training, config: RunConfig, data: Path, runs
     return fingerprint({"command": [arg.replace(str(runs.parent), "<output-dir>") for arg in command]})
 
 
-def training_keys(training: Training, config: RunConfig, data: Path, runs: Path) -> tuple[str, str]:
-    """The fingerprints a finished or interrupted training may carry: today's, and the legacy one."""
-    return training_fingerprint(training, config, data, runs), legacy_fingerprint(training, config, data, runs)
+def training_keys(
+    training: Training, config: RunConfig, data: Path, runs: Path, record: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """The fingerprints a finished or interrupted training may carry: today's, and the legacy one (for the folder
+    where ``record``, the training's stage record if any, says the run was when it finished)."""
+    then = Path(record["config"]).parents[3] if record and "config" in record else runs
+    return training_fingerprint(training, config, data, runs), legacy_fingerprint(training, config, data, runs, then)
 
 
-def legacy_fingerprint(training: Training, config: RunConfig, data: Path, runs: Path) -> str:
-    """The fingerprint runs made before ``training_fingerprint`` recorded (the whole command), still accepted."""
-    return fingerprint({"command": ns_train_command(training, config, data, runs, None)})
+def legacy_fingerprint(training: Training, config: RunConfig, data: Path, runs: Path, then: Path) -> str:
+    """The fingerprint runs made before ``training_fingerprint`` recorded: the whole command, with the absolute paths
+    of the run folder as it was then (``then``: its ``runs`` folder), so a moved run keeps its finished stages."""
+    command = ns_train_command(training, config, data, runs, None)
+    return fingerprint({"command": [arg.replace(str(runs.parent), str(then.parent)) for arg in command]})
 
 
 def check_options(training: Training, config: RunConfig, data: Path, runs: Path) -> None:
@@ -741,7 +747,7 @@ class Run:
         records: dict[str, dict[str, Any]] = {}
         todo: list[tuple[Training, tuple[str, str]]] = []
         for training in trainings:
-            keys = training_keys(training, self.config, data, self.runs)
+            keys = training_keys(training, self.config, data, self.runs, self.book.get(training.stage))
             record = self.book.check(training.stage, keys[0], also=keys[1])
             if record is not None:
                 self.log(f"{training.stage}: finished earlier ({record['train_s']:.0f} s), skipping")

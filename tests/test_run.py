@@ -303,6 +303,28 @@ def test_a_moved_run_folder_resumes_its_interrupted_training(tmp_path, monkeypat
     assert len(attempts["seconds"]) == 2  # both attempts count towards the training time
 
 
+def test_a_moved_run_finished_by_an_older_version_keeps_its_stages(tmp_path, monkeypatch):
+    """Older versions fingerprinted the whole command, absolute paths included: moved, such a run must not be
+    refused stage by stage."""
+    old = tmp_path / "old"
+    data = old / "scene"  # the embedded scene lives in the run folder and moves with it
+    config = RunConfig(data=data, output_dir=old, device_type="cpu")
+    training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=20, options=["--x", "1"])
+    old_key = fingerprint({"command": run_module.ns_train_command(training, config, data, old / "runs", None)})
+    config_path = training.folder(old / "runs") / "config.yml"
+    StageBook(old / "stages").finish(training.stage, old_key, config=str(config_path), train_s=3.0)
+    old.rename(tmp_path / "moved")
+
+    moved = tmp_path / "moved"
+    monkeypatch.setattr(run_module, "run_training", lambda *a, **k: pytest.fail("a finished stage trained again"))
+    run = Run(dataclasses.replace(config, data=moved / "scene", output_dir=moved), log=lambda _: None)
+    records = run.train_stages([training], moved / "scene", [])
+    assert records["teacher-standard"]["config"] == str(training.folder(moved / "runs") / "config.yml")
+    changed = Training(stage=training.stage, method=training.method, steps=20, options=["--x", "2"])
+    with pytest.raises(RunSetupError, match="finished with other settings"):  # other settings are still refused
+        run.train_stages([changed], moved / "scene", [])
+
+
 # --------------------------------------------------------------------------------------------------- input checks
 
 
