@@ -16,7 +16,7 @@ from torch import Tensor
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.pruning import global_significance
-from distilled3dgs_ns.rasterization import hit_counts
+from distilled3dgs_ns.rasterization import hit_counts, top_contributions
 
 
 @torch.no_grad()
@@ -39,6 +39,21 @@ def training_hit_counts(
         if progress is not None:
             progress(k + 1)
     return hits
+
+
+@torch.no_grad()
+def training_top_contributions(model: PortableSplatfactoModel, cameras: Cameras) -> tuple[Tensor, Tensor]:
+    """Per Gaussian, over all ``cameras`` (full resolution): the pixels where it is the top contributor ``[N]``
+    (int64) and its blending weight summed over the pixels ``[N]``, one forward pass per view (see
+    ``training_hit_counts``)."""
+    tops = torch.zeros(model.num_points, dtype=torch.int64, device=model.means.device)
+    weights = torch.zeros(model.num_points, device=model.means.device)
+    cameras = cameras.flatten()
+    for k in range(len(cameras)):
+        view_tops, view_weights = top_contributions(**model.frozen_geometry(cameras[k : k + 1]))
+        tops += view_tops[0]
+        weights += view_weights[0].to(weights)
+    return tops, weights
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from distilled3dgs_ns.pruning import (
 )
 from distilled3dgs_ns.rasterization import hit_counts, rasterization
 from distilled3dgs_ns.schedules import RunWindow, paper_fraction, to_step
-from distilled3dgs_ns.significance import significance_scores, training_hit_counts
+from distilled3dgs_ns.significance import significance_scores, training_hit_counts, training_top_contributions
 from distilled3dgs_ns.strategy import BLUR_KEY, NO_RESET, CappedStrategy
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, composite
@@ -336,8 +336,12 @@ class StudentModel(PortableSplatfactoModel):
         self.gaussian_count.value = self.num_points
 
     def _scores_for_pruning(self) -> tuple[Tensor, Tensor | None]:
-        tops = self.top_contributions() if self.prune_schedule.top_filter else None
-        return self.prune_scores(), tops
+        if not self.prune_schedule.top_filter:
+            return self.prune_scores(), None
+        if self.config.prune_score == "blending-weight":  # both from one forward pass per view, no backward
+            tops, weights = training_top_contributions(self, self._importance_views())
+            return weights, tops
+        return self.prune_scores(), self.top_contributions()
 
     def top_contributions(self) -> Tensor:
         """Per Gaussian, the training pixels where it is the top contributor ``[N]`` (the intersection filter's)."""

@@ -201,10 +201,12 @@ def reference_hit_counts(
     tile_size: int = 16,
     rasterize_mode: str = "classic",
     top_contributor: bool = False,
+    weights: bool = False,
 ) -> Tensor:
     """``[C, N]``: per camera, the pixels where each Gaussian is composited by gsplat's rules, counted one by one;
-    with ``top_contributor``, only the pixels where its weight ``alpha * T`` is the largest (the front one on ties)."""
-    counts = torch.zeros(len(viewmats), len(means), dtype=torch.int64)
+    with ``top_contributor``, only the pixels where its weight ``alpha * T`` is the largest (the front one on ties);
+    with ``weights``, the sum of its weights ``alpha * T`` over the pixels (float64) instead of a count."""
+    counts = torch.zeros(len(viewmats), len(means), dtype=torch.float64 if weights else torch.int64)
     for cam in range(len(viewmats)):
         visible, _ = _visible_gaussians(
             means,
@@ -246,7 +248,9 @@ def reference_hit_counts(
                         continue
                     if trans * (1 - alpha) <= 1e-4:
                         break
-                    if not top_contributor:
+                    if weights:
+                        counts[cam, g] += alpha * trans
+                    elif not top_contributor:
                         counts[cam, g] += 1
                     elif alpha * trans > best:
                         best, best_g = alpha * trans, g

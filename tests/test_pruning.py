@@ -24,7 +24,7 @@ from distilled3dgs_ns.pruning import (
     sample_by_importance,
     top_count_mask,
 )
-from distilled3dgs_ns.rasterization import composite, hit_counts
+from distilled3dgs_ns.rasterization import composite, hit_counts, top_contributions
 from distilled3dgs_ns.significance import significance_scores
 
 F64 = torch.float64
@@ -137,6 +137,23 @@ def test_top_contributor_counts_match_reference(
     # Every covered pixel has exactly one winner.
     covered = hits.sum(dim=1) > 0
     assert (ours.sum(dim=1)[covered] <= 23 * 17).all()
+
+
+@pytest.mark.parametrize(("seed", "rasterize_mode", "tiny_slabs"), [(4, "classic", False), (5, "antialiased", True)])
+def test_top_contributions_give_the_counts_and_the_summed_blending_weights(
+    seed: int, rasterize_mode: str, tiny_slabs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if tiny_slabs:  # weights summed across slabs and groups
+        monkeypatch.setattr(composite, "SLAB_ELEMS", 512)
+        monkeypatch.setattr(composite, "MIN_BATCH", 4)
+        monkeypatch.setattr(composite, "MAX_BATCH", 5)
+    scene = make_scene(n=14, n_cams=2, width=23, height=17, seed=seed)  # edge tiles half outside the image
+    args = [scene[k] for k in GEOMETRY]
+    tops, weights = top_contributions(*args, rasterize_mode=rasterize_mode)
+    assert torch.equal(tops, reference_hit_counts(*args, rasterize_mode=rasterize_mode, top_contributor=True))
+    expected = reference_hit_counts(*args, rasterize_mode=rasterize_mode, weights=True)
+    assert (expected > 0.5).sum() > 6, "scene has little weight: the test would be vacuous"
+    torch.testing.assert_close(weights, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_top_contributor_is_the_largest_weight_not_the_front() -> None:

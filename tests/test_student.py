@@ -319,6 +319,22 @@ def test_share_prune_by_significance_fires_once_with_an_exact_count_and_consiste
     assert model.num_points == 102 and not seen  # one step only
 
 
+def test_prune_scores_with_the_filter_come_from_one_pass_equal_to_the_backward_ones():
+    """With the intersection filter the blending-weight score comes from the top-contributor pass (no backward):
+    the same numbers as the backward pass of a one-channel render, and the same counts as the filter's own pass."""
+    model = _student(prune_top_filter=True)
+    with torch.no_grad():
+        model.gauss_params["means"][150:] += torch.tensor([0.0, 0.0, 100.0])  # never seen
+    model.set_importance_views(_cameras())
+    model.set_run_length(20)
+    model.train()
+    _train_step(model, _optimizers(model), 0, {"image": torch.rand(SIZE, SIZE, 3)})
+    weights, tops = model._scores_for_pruning()
+    torch.testing.assert_close(weights, model.blending_importance(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(tops, model.top_contributions())
+    assert (weights[:150] > 0).sum() > 100 and (weights[150:] == 0).all() and (tops > 0).sum() > 20
+
+
 def test_every_prune_event_uses_the_configured_score(monkeypatch: pytest.MonkeyPatch):
     model = _significance_student(prune_sample_at=0.5, prune_share_at=0.6, prune_mass_at=0.75, prune_mass=0.8)
     optimizers = _optimizers(model)

@@ -4,7 +4,8 @@ CUDA where gsplat's kernels cannot be built).
 gsplat's own entry point dies on CPU (its kernels are CUDA-only), so callers use this function and get the same
 outputs and ``info`` (enough for ``gsplat.strategy.DefaultStrategy``, absgrad included) on CPU or MPS.
 ``hit_counts()`` counts, per Gaussian, the pixels it is composited at, or those where it is the top contributor
-(gsplat 1.4 has neither output), on any device.
+(gsplat 1.4 has neither output), on any device; ``top_contributions()`` gives the latter with each Gaussian's summed
+blending weight, in one pass.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 from torch import Tensor
 
 from .backend import GsplatUnavailable, choose_backend, gsplat_problem
-from .torch_backend import hit_counts, rasterization_torch
+from .torch_backend import hit_counts, rasterization_torch, top_contributions
 
 __all__ = [
     "GsplatUnavailable",
@@ -23,6 +24,7 @@ __all__ = [
     "hit_counts",
     "rasterization",
     "rasterization_torch",
+    "top_contributions",
 ]
 
 

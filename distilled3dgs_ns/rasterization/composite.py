@@ -213,25 +213,33 @@ class _Compositor:
             counts.index_add_(0, pairs.ids, per_pair[:-1].round().long())
         return counts
 
-    def top_contributions(self) -> Tensor:
+    def top_contributions(self) -> tuple[Tensor, Tensor]:
         """Per flat Gaussian row, the image pixels where its blending weight ``alpha * T`` is the largest of the
-        pixel's (ties: the front one) ``[M]`` (int64): Mini-Splatting's "area_max", by ``forward``'s weights."""
+        pixel's (ties: the front one) ``[M]`` (int64): Mini-Splatting's "area_max", by ``forward``'s weights; and,
+        from the same weights, its blending weight summed over the image pixels ``[M]`` (the blending importance the
+        student's prunes rank by, without the backward pass that otherwise gives it)."""
         n_blocks = len(self.plan.block_lens)
+        inside = self.inside_image()
         trans = self.means2d.new_ones(n_blocks, self.pixels, 1)
         best = self.means2d.new_zeros(n_blocks, self.pixels)
         best_row = torch.zeros(n_blocks, self.pixels, dtype=torch.int64, device=self.means2d.device)
+        weight_sums = self.means2d.new_zeros(len(self.means2d))
         for pairs, slabs in self.groups():
             row_ids = F.pad(pairs.ids, (0, 1))  # the padding row: its weight is 0, so it never wins
+            per_pair = pairs.coef.new_zeros(len(pairs.coef))
             for b0, b1, rows in slabs:
                 alpha, _ = self.alphas(pairs.gather(pairs.coef, rows).transpose(1, 2))
                 odds, t_after = self.transmittance(alpha, trans[b0:b1])
-                slab_best, position = t_after.mul_(odds).max(dim=-1)  # the first maximum: the front one
+                weights = t_after.mul_(odds)
+                per_pair.index_copy_(0, rows.flatten(), torch.bmm(inside[b0:b1], weights).flatten())
+                slab_best, position = weights.max(dim=-1)  # the first maximum: the front one
                 better = slab_best > best[b0:b1]  # strict: an earlier slab keeps a tie
                 best[b0:b1] = torch.where(better, slab_best, best[b0:b1])
                 winner = row_ids[rows].gather(1, position)
                 best_row[b0:b1] = torch.where(better, winner, best_row[b0:b1])
-        won = (best > 0) & (self.inside_image()[:, 0] > 0)
-        return torch.bincount(best_row[won], minlength=len(self.means2d))
+            weight_sums.index_add_(0, pairs.ids, per_pair[:-1])
+        won = (best > 0) & (inside[:, 0] > 0)
+        return torch.bincount(best_row[won], minlength=len(self.means2d)), weight_sums
 
     def inside_image(self) -> Tensor:
         """``[blocks, 1, P]``: 1 for the blocks' pixels inside the image, 0 for the padding of edge tiles."""
@@ -357,6 +365,14 @@ def count_hits(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tenso
 @torch.no_grad()
 def count_top_contributions(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
     """Per flat Gaussian row, the number of pixels where it has the largest blending weight (forward rules)."""
+    return top_contributions_and_weights(plan, means2d, conics, opacities)[0]
+
+
+@torch.no_grad()
+def top_contributions_and_weights(
+    plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per flat Gaussian row, the top-contributor pixel count and the blending weight summed over pixels."""
     no_colors = means2d.new_zeros(opacities.numel(), 0)
     return _Compositor(plan, means2d, conics, no_colors, opacities).top_contributions()
 

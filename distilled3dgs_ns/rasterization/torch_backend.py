@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .binning import TilePlan, isect_tiles, make_plan
-from .composite import CompositeFunction, count_hits, count_top_contributions
+from .composite import CompositeFunction, count_hits, count_top_contributions, top_contributions_and_weights
 from .projection import Projection, project_gaussians, quat_scale_to_covar
 from .sh import spherical_harmonics
 
@@ -146,7 +148,45 @@ def hit_counts(
     ``alpha * T`` is the pixel's largest count (Mini-Splatting's ``area_max``; ties go to the front Gaussian), so the
     counts of a camera sum to its covered pixels. A forward pass without colours, on any device; memory as one render.
     """
+    count = count_top_contributions if top_contributor else count_hits
+    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
+    options = (near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars)
+    return _per_camera(count, *geometry, *options)[0]
+
+
+@torch.no_grad()
+def top_contributions(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    tile_size: int = 16,
+    rasterize_mode: str = "classic",
+    covars: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per camera ``[C, N]``: ``hit_counts(..., top_contributor=True)`` and each Gaussian's blending weight
+    ``alpha * T`` summed over the pixels, from one forward pass (the weight sum is what a backward pass of a
+    one-channel render gives, at about a third of its cost: the student's prune ranks by both)."""
+    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
+    options = (near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars)
+    counts, weights = _per_camera(top_contributions_and_weights, *geometry, *options)
+    return counts, weights
+
+
+def _per_camera(count: Callable[..., Tensor | tuple[Tensor, ...]], *args: Any) -> tuple[Tensor, ...]:
+    """Project and bin the Gaussians as ``rasterization_torch`` does, then ``count(plan, means2d, conics,
+    opacities)``: per flat row results, returned as ``[C, N]`` each."""
+    means, quats, scales, opacities, viewmats, Ks, width, height, *options = args
     n_gauss, n_cams = means.shape[0], viewmats.shape[0]
+    near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars = options
     _check_inputs(means, quats, scales, opacities, None, viewmats, Ks, None, covars)
     proj, opacities = _project(
         means,
@@ -168,8 +208,9 @@ def hit_counts(
     _, plan = _bin(
         proj.means2d, proj.radii, proj.depths, proj.conics, opacities, flat_cams, n_cams, width, height, tile_size
     )
-    count = count_top_contributions if top_contributor else count_hits
-    return count(plan, proj.means2d, proj.conics, opacities).reshape(n_cams, n_gauss)
+    results = count(plan, proj.means2d, proj.conics, opacities)
+    results = results if isinstance(results, tuple) else (results,)
+    return tuple(result.reshape(n_cams, n_gauss) for result in results)
 
 
 def _project(
