@@ -558,6 +558,28 @@ def test_export_compact_figures_and_untouched_model(tmp_path):
         export_compact(model, cameras, tmp_path / "b.compact", CompactOptions(finetune=FinetuneOptions(steps=1)))
 
 
+def test_finetuning_uses_the_models_cpu_thread_setting():
+    """A model whose config fixes ``cpu_threads`` fine-tunes at that count, not at the load-following default
+    (which never exceeds torch's count at start, so 3 on a 2-core machine can only come from the setting)."""
+    before = torch.get_num_threads()
+    model = make_model(PortableSplatfactoModelConfig(num_downscales=0, sh_degree=1, cpu_threads=3), 50, seed=0)
+    camera = look_at_camera(CAMERAS[0], size=16)
+    batch = {"image": torch.rand(16, 16, 3)}
+    gaussians, _ = _encode(model, vq_share=1.0, codebook_size=4)
+    seen: list[int] = []
+
+    def view(step: int):
+        seen.append(torch.get_num_threads())
+        return camera, batch
+
+    try:
+        torch.set_num_threads(1)
+        finetune_compact(model, gaussians, view, FinetuneOptions(steps=3), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 3, 3]
+
+
 def test_finetuning_keeps_the_assignment_and_lowers_the_loss():
     teacher = _model()
     views = []

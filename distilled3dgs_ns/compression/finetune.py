@@ -71,7 +71,9 @@ def finetune_compact(
     optimizers.append(torch.optim.Adam([codebook], lr=options.codebook_lr, eps=1e-15))
     was_training = model.training
     model.eval()
-    threads = thread_policy(None) if rows.device.type == "cpu" else None  # the process's policy (cpu_threads.py)
+    # the process's policy for the model's setting (cpu_threads.py); any splatfacto model, ours have the field
+    setting = getattr(model.config, "cpu_threads", None)
+    threads = thread_policy(setting) if rows.device.type == "cpu" else None
     losses: list[float] = []
     try:
         with progress_bar("fine-tuning (VQ assignment fixed)", options.steps, progress) as advance:
