@@ -2,20 +2,28 @@
 
     python benchmarks/cpu_load.py                       # lego-100, 150 steps, both thread policies
     python benchmarks/cpu_load.py --policies adaptive   # only the default policy
+    python benchmarks/cpu_load.py --loads alone viewer  # a browser tab watching the training in nerfstudio's viewer
 
 Each policy trains the same teacher three times: alone, beside `python -c "while True: pass"`, and beside a second
-copy of itself (started first and run for twice the steps, so it is busy for the whole measured window). s/step is
-the steady rate between the first and last logged steps (nerfstudio's tensorboard events), so start-up is left out.
+copy of itself (started first and run for twice the steps, so it is busy for the whole measured window); with
+``--loads viewer``, also with nerfstudio's viewer on and a headless Chromium tab watching it (Playwright and a system
+Chromium needed), timed from the tab's first frame. s/step is the steady rate between the first and last logged steps
+(nerfstudio's tensorboard events), so start-up is left out.
 Policies: `adaptive` (the default: threads follow the free cores, cpu_threads.py) and `fixed` (torch's default
 count held fixed: the behaviour before the policy). Run it with the machine to itself: it makes its own load.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,9 +36,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lego-100"
 QUIET = "--steps-per-eval-image 100000 --steps-per-eval-batch 100000 --pipeline.model.num-downscales 0"
-Load = Literal["alone", "busy", "training"]
+Load = Literal["alone", "busy", "training", "viewer"]
 Policy = Literal["adaptive", "fixed"]
-HEADERS = {"alone": "alone", "busy": "beside a busy process", "training": "beside a 2nd training"}
+HEADERS = {
+    "alone": "alone",
+    "busy": "beside a busy process",
+    "training": "beside a 2nd training",
+    "viewer": "watched in the viewer",
+}
+VIEWER_PORT = 7087
 
 
 @dataclass
@@ -51,22 +65,56 @@ class Args:
     """Where the trainings go (emptied first)."""
 
 
-def teacher_args(args: Args, policy: Policy, steps: int) -> TeacherArgs:
+def teacher_args(args: Args, policy: Policy, steps: int, viewer: bool = False) -> TeacherArgs:
     threads = f" --pipeline.model.cpu-threads {torch.get_num_threads()}" if policy == "fixed" else ""
+    watched = f" --vis viewer+tensorboard --viewer.websocket-port {VIEWER_PORT}" if viewer else ""
     return TeacherArgs(
         data=args.data, steps=steps, output_dir=args.output_dir, dataparser=args.dataparser,
-        extra=f"{QUIET} --pipeline.model.num-random {args.num_random}{threads}",
+        extra=f"{QUIET} --pipeline.model.num-random {args.num_random}{threads}{watched}"
+        + (" --viewer.quit-on-train-completion True" if viewer else ""),
     )  # fmt: skip
 
 
-def steady_s_per_step(run: Path) -> float:
-    """Seconds per step between the first and last step nerfstudio logged."""
+def steady_s_per_step(run: Path, since: float = 0.0) -> float:
+    """Seconds per step between the first and last step nerfstudio logged (at or after wall time ``since``)."""
     events = EventAccumulator(str(next(run.glob("events.out.tfevents.*"))))
     events.Reload()
     tag = next(t for t in events.Tags()["scalars"] if t.startswith("Train Iter"))
-    logged = events.Scalars(tag)
+    logged = [event for event in events.Scalars(tag) if event.wall_time >= since]
+    if len(logged) < 2:
+        sys.exit(f"cpu_load.py: fewer than two logged steps in the measured window of {run}; train longer (--steps)")
     first, last = logged[0], logged[-1]
     return (last.wall_time - first.wall_time) / (last.step - first.step)
+
+
+def chromium() -> str:
+    """The system Chromium for ``--loads viewer``; exits with what to install when it or Playwright is missing."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None or importlib.util.find_spec("playwright") is None:
+        sys.exit(
+            "cpu_load.py: --loads viewer needs Chromium and Playwright (apt install chromium; pip install playwright)"
+        )
+    return path
+
+
+@contextmanager
+def browser_tab(port: int, done: subprocess.Popen, first_frame: list[float]) -> Iterator[None]:
+    """A headless Chromium tab on the viewer at ``port`` while ``done`` runs; appends the wall time of its first
+    frame to ``first_frame``."""
+    from playwright.sync_api import sync_playwright
+    from viewer_check import wait_for_port
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
+        try:
+            wait_for_port(port, 300.0, done)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.get_by_text(re.compile(r"Resolution: \d+")).first.wait_for(timeout=120_000)  # a frame arrived
+            first_frame.append(time.time())
+            yield
+        finally:
+            browser.close()
 
 
 def start_load(load: Load, args: Args, policy: Policy) -> subprocess.Popen | None:
@@ -83,22 +131,29 @@ def start_load(load: Load, args: Args, policy: Policy) -> subprocess.Popen | Non
 def measure(args: Args, policy: Policy, load: Load) -> float:
     name = f"{policy}-{load}"
     beside = start_load(load, args, policy)
-    measured = teacher_args(args, policy, args.steps)
+    measured = teacher_args(args, policy, args.steps, viewer=load == "viewer")
+    first_frame: list[float] = []
     try:
-        result = subprocess.run(train_command(measured, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(train_command(measured, name), stdout=subprocess.DEVNULL, stderr=errors)
+            with browser_tab(VIEWER_PORT, process, first_frame) if load == "viewer" else nullcontext():
+                code = process.wait()
+            errors.seek(0)
+            if code != 0:
+                sys.exit(f"cpu_load.py: the {name} training failed:\n{errors.read().decode()[-3000:]}")
     finally:
         if beside is not None:
             beside.kill()
             beside.wait()
-    if result.returncode != 0:
-        sys.exit(f"cpu_load.py: the {name} training failed:\n{result.stderr.decode()[-3000:]}")
-    return steady_s_per_step(run_dir(measured, name))
+    return steady_s_per_step(run_dir(measured, name), since=first_frame[0] if first_frame else 0.0)
 
 
 def main() -> None:
     args = tyro.cli(Args)
     if not args.data.exists():
         sys.exit(f"cpu_load.py: --data {args.data} does not exist (lego-100 lies in ../shared/data)")
+    if "viewer" in args.loads:
+        chromium()  # missing: fail now, not after the other trainings
     shutil.rmtree(args.output_dir, ignore_errors=True)
     rows = {}
     for policy in args.policies:
