@@ -1,6 +1,7 @@
 """Which Gaussians matter, and removing the others without breaking the optimizers.
 
-Scores: the accumulated blending weight (Mini-Splatting / Distilled-3DGS) and LightGaussian's global significance.
+Scores: the accumulated blending weight (Mini-Splatting / Distilled-3DGS), the top-contribution count (Mini-Splatting's
+area_max) and LightGaussian's global significance.
 Selections: importance-proportional sampling without replacement, a cumulative-mass cut, a lowest-share cut and a
 top-count cut; all return boolean *keep* masks. ``prune_gaussians`` applies a keep mask to parameters, Adam state and
 strategy state. ``PruneSchedule`` is the student's prune events as a small strategy (gsplat's idiom): it resolves
@@ -21,6 +22,7 @@ from torch import Tensor
 from distilled3dgs_ns.schedules import to_step
 
 View = TypeVar("View")
+PruneScore = Literal["blending-weight", "top-contributions", "global-significance"]
 
 
 def accumulated_blending_weight(
@@ -50,6 +52,14 @@ def accumulated_blending_weight(
         if progress is not None:
             progress(count)
     return importance
+
+
+def top_contribution_score(top_counts: Tensor, blending_weights: Tensor) -> Tensor:
+    """The ``top-contributions`` prune score ``[N]``: the pixels where a Gaussian has the largest blending weight,
+    ties (Gaussians winning as many pixels, often none) broken by its summed blending weight, scaled below one pixel.
+    A Gaussian that dominates a few pixels outranks one that adds a little everywhere: what a count budget keeps
+    should be the Gaussians whose removal changes pixels most."""
+    return top_counts.to(blending_weights) + blending_weights / (2 * blending_weights.max().clamp_min(1e-30))
 
 
 def _percentile(values: Tensor, q: float) -> Tensor:

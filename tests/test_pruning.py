@@ -22,6 +22,7 @@ from distilled3dgs_ns.pruning import (
     mass_cut,
     prune_gaussians,
     sample_by_importance,
+    top_contribution_score,
     top_count_mask,
 )
 from distilled3dgs_ns.rasterization import composite, hit_counts, top_contributions
@@ -73,6 +74,15 @@ def test_accumulated_blending_weight_matches_closed_form() -> None:
 def test_accumulated_blending_weight_tolerates_constant_render() -> None:
     importance = accumulated_blending_weight(lambda colors, view: torch.zeros(2, 2), 3, [None, None])
     assert torch.equal(importance, torch.zeros(3))
+
+
+def test_top_contribution_score_ranks_by_won_pixels_then_by_weight() -> None:
+    tops = torch.tensor([3, 0, 3, 1, 0])
+    weights = torch.tensor([1.0, 5.0, 2.0, 0.5, 0.0])
+    score = top_contribution_score(tops, weights)
+    assert score.argsort(descending=True).tolist() == [2, 0, 3, 1, 4]  # a tie in pixels goes to the heavier one
+    assert ((score - tops) < 1).all() and ((score - tops) >= 0).all()  # the weight never outranks a won pixel
+    assert top_count_mask(score, 2).tolist() == [True, False, True, False, False]
 
 
 def test_global_significance_hand_example() -> None:

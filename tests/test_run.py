@@ -154,6 +154,10 @@ def test_teacher_terms_choose_what_the_student_learns_from_the_teachers(tmp_path
     plain = _parse(Run(config, log=lambda _: None).student_training([standard], 10_000), config, tmp_path).pipeline
     assert (plain.model.kd_weight, plain.model.kd_weight_final, plain.model.structure_weight) == (0, 0, 0)
     assert plain.pseudo_view_rate == 0 and plain.init_from is not None and plain.model.sparsity_weight == 0.03
+    assert plain.model.prune_score == "top-contributions"  # the demo preset's cut ranking (issue 10)
+    paper_ranking = dataclasses.replace(config, student_prune_score="blending-weight")
+    ranked = _parse(Run(paper_ranking, log=lambda _: None).student_training([standard], 10_000), config, tmp_path)
+    assert ranked.pipeline.model.prune_score == "blending-weight"
     distilled = dataclasses.replace(config, teacher_terms="paper")
     paper = _parse(Run(distilled, log=lambda _: None).student_training([standard], 10_000), distilled, tmp_path)
     assert paper.pipeline.model.kd_weight == 0.4 and paper.pipeline.model.structure_weight == 1.0

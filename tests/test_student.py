@@ -19,7 +19,7 @@ from test_teachers import write_teacher
 
 from distilled3dgs_ns import student as student_module
 from distilled3dgs_ns.method_configs import splatfacto_optimizers
-from distilled3dgs_ns.pruning import lowest_share_mask, mass_cut
+from distilled3dgs_ns.pruning import lowest_share_mask, mass_cut, top_contribution_score
 from distilled3dgs_ns.schedules import RunWindow
 from distilled3dgs_ns.significance import significance_scores
 from distilled3dgs_ns.student import TEACHER_TARGET, StudentModelConfig
@@ -333,6 +333,19 @@ def test_prune_scores_with_the_filter_come_from_one_pass_equal_to_the_backward_o
     torch.testing.assert_close(weights, model.blending_importance(), rtol=1e-4, atol=1e-5)
     assert torch.equal(tops, model.top_contributions())
     assert (weights[:150] > 0).sum() > 100 and (weights[150:] == 0).all() and (tops > 0).sum() > 20
+
+
+def test_the_top_contribution_score_ranks_the_cuts():
+    model = _student(prune_score="top-contributions", prune_top_filter=True)
+    model.set_importance_views(_cameras())
+    model.set_run_length(20)
+    model.train()
+    _train_step(model, _optimizers(model), 0, {"image": torch.rand(SIZE, SIZE, 3)})
+    score, tops = model._scores_for_pruning()
+    expected = top_contribution_score(model.top_contributions(), model.blending_importance())
+    torch.testing.assert_close(score, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.prune_scores(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(tops, model.top_contributions()) and len(set(score.floor().tolist())) > 3
 
 
 def test_every_prune_event_uses_the_configured_score(monkeypatch: pytest.MonkeyPatch):
