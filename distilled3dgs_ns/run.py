@@ -24,6 +24,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -610,7 +611,7 @@ class Run:
         if cfg.student_init == "teacher":
             options += ["--pipeline.init-from", str(self.standard_config()), "--pipeline.model.sh-degree-interval", "1"]
         if cfg.student_budget_share is not None:
-            budget = str(max(1, round(cfg.student_budget_share * teacher_count)))
+            budget = str(max(1, math.floor(cfg.student_budget_share * teacher_count)))  # never above the share
             options += [
                 "--pipeline.model.prune-count", budget,
                 "--pipeline.model.prune-count-at", str(cfg.student_budget_at),
