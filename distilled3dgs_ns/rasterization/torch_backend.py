@@ -132,30 +132,43 @@ def hit_counts(
     Ks: Tensor,
     width: int,
     height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    eps2d: float = 0.3,
-    tile_size: int = 16,
-    rasterize_mode: str = "classic",
-    covars: Tensor | None = None,
     top_contributor: bool = False,
+    **options: Any,
 ) -> Tensor:
     """Per camera, the number of pixels each Gaussian takes part in compositing at ``[C, N]`` (int64).
 
     LightGaussian's hit count: alpha >= 1/255 and the pixel not stopped yet, by the rules of ``rasterization_torch``
-    (gsplat's), with the same arguments. With ``top_contributor`` only the pixels where the Gaussian's blending weight
+    (gsplat's), with the same arguments (``options``: near_plane, far_plane, radius_clip, eps2d, tile_size,
+    rasterize_mode, covars). With ``top_contributor`` only the pixels where the Gaussian's blending weight
     ``alpha * T`` is the pixel's largest count (Mini-Splatting's ``area_max``; ties go to the front Gaussian), so the
     counts of a camera sum to its covered pixels. A forward pass without colours, on any device; memory as one render.
     """
     count = count_top_contributions if top_contributor else count_hits
-    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
-    options = (near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars)
-    return _per_camera(count, *geometry, *options)[0]
+    return _per_camera(count, means, quats, scales, opacities, viewmats, Ks, width, height, **options)[0]
 
 
 @torch.no_grad()
 def top_contributions(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    **options: Any,
+) -> tuple[Tensor, Tensor]:
+    """Per camera ``[C, N]``: ``hit_counts(..., top_contributor=True)`` and each Gaussian's blending weight
+    ``alpha * T`` summed over the pixels, from one forward pass (the weight sum is what a backward pass of a
+    one-channel render gives, at about a third of its cost: the student's prune ranks by both)."""
+    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
+    counts, weights = _per_camera(top_contributions_and_weights, *geometry, **options)
+    return counts, weights
+
+
+def _per_camera(
+    count: Callable[..., Tensor | tuple[Tensor, ...]],
     means: Tensor,
     quats: Tensor,
     scales: Tensor,
@@ -171,39 +184,13 @@ def top_contributions(
     tile_size: int = 16,
     rasterize_mode: str = "classic",
     covars: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Per camera ``[C, N]``: ``hit_counts(..., top_contributor=True)`` and each Gaussian's blending weight
-    ``alpha * T`` summed over the pixels, from one forward pass (the weight sum is what a backward pass of a
-    one-channel render gives, at about a third of its cost: the student's prune ranks by both)."""
-    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
-    options = (near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars)
-    counts, weights = _per_camera(top_contributions_and_weights, *geometry, *options)
-    return counts, weights
-
-
-def _per_camera(count: Callable[..., Tensor | tuple[Tensor, ...]], *args: Any) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, ...]:
     """Project and bin the Gaussians as ``rasterization_torch`` does, then ``count(plan, means2d, conics,
     opacities)``: per flat row results, returned as ``[C, N]`` each."""
-    means, quats, scales, opacities, viewmats, Ks, width, height, *options = args
     n_gauss, n_cams = means.shape[0], viewmats.shape[0]
-    near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode, covars = options
     _check_inputs(means, quats, scales, opacities, None, viewmats, Ks, None, covars)
-    proj, opacities = _project(
-        means,
-        quats,
-        scales,
-        opacities,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
-        rasterize_mode,
-        covars,
-    )
+    projection = (near_plane, far_plane, radius_clip, eps2d, rasterize_mode, covars)
+    proj, opacities = _project(means, quats, scales, opacities, viewmats, Ks, width, height, *projection)
     flat_cams = torch.arange(n_cams, device=means.device).repeat_interleave(n_gauss)
     _, plan = _bin(
         proj.means2d, proj.radii, proj.depths, proj.conics, opacities, flat_cams, n_cams, width, height, tile_size
