@@ -174,7 +174,7 @@ class RunConfig:
     of what is left: gradual pruning lets the survivors adapt between cuts."""
     student_prune_score: PruneScore = "blending-weight"
     """What the student's prunes rank by (--pipeline.model.prune-score): blending-weight (the paper's),
-    top-contributions (the pixels where a Gaussian contributes most: +0.09 dB on the demo, +0.04 dB on lego-100 at
+    top-contributions (the pixels where a Gaussian contributes most: +0.08 dB on the demo, +0.04 dB on lego-100 at
     the same count) or global-significance."""
     student_sparsity: float = 0.0
     """Weight of an L1 on the student's opacities until its last cut (--pipeline.model.sparsity-weight), so the

@@ -87,7 +87,7 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     prune_score: PruneScore = "blending-weight"
     """What every prune event ranks the Gaussians by, over the training views: blending-weight, each Gaussian's
     accumulated alpha * transmittance (Distilled-3DGS, Mini-Splatting); top-contributions, the pixels where it has
-    the largest alpha * transmittance (Mini-Splatting's area_max; ties by blending weight): +0.09 dB on the demo
+    the largest alpha * transmittance (Mini-Splatting's area_max; ties by blending weight): +0.08 dB on the demo
     student and +0.04 dB on lego-100 over blending-weight at the same count; global-significance, LightGaussian's
     hit count * opacity * normalised volume ^ significance_beta."""
     significance_beta: float = 0.1

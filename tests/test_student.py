@@ -707,7 +707,7 @@ def _train_pipeline(pipeline, steps: int) -> None:
 @pytest.mark.parametrize(("preset", "start"), [("demo", 600), ("cpu", 600), ("demo", 40)])
 def test_shipped_student_ends_at_its_budget_wherever_it_starts(small_scene, preset, start):
     # Today's collapse: a start above the densification cap (18% of the teacher) never grows, and the importance
-    # cuts then leave a count that depends on the start (on this scene 492 of 600, against a budget of 148 then; 150 now). The
+    # cuts then leave a count that depends on the start (on this scene 492 of 600, against a budget of 148). The
     # shipped recipe for a random start (--student-init random, cuts from 40% to 70% of the run) densifies freely
     # and ends with its budget, from many points and from few; the presets' teacher start is above it by design.
     config = _shipped_student_config(
