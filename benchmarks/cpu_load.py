@@ -67,11 +67,14 @@ class Args:
 
 def teacher_args(args: Args, policy: Policy, steps: int, viewer: bool = False) -> TeacherArgs:
     threads = f" --pipeline.model.cpu-threads {torch.get_num_threads()}" if policy == "fixed" else ""
-    watched = f" --vis viewer+tensorboard --viewer.websocket-port {VIEWER_PORT}" if viewer else ""
+    watched = (
+        f" --vis viewer+tensorboard --viewer.websocket-port {VIEWER_PORT} --viewer.quit-on-train-completion True"
+        if viewer
+        else ""
+    )
     return TeacherArgs(
         data=args.data, steps=steps, output_dir=args.output_dir, dataparser=args.dataparser,
-        extra=f"{QUIET} --pipeline.model.num-random {args.num_random}{threads}{watched}"
-        + (" --viewer.quit-on-train-completion True" if viewer else ""),
+        extra=f"{QUIET} --pipeline.model.num-random {args.num_random}{threads}{watched}",
     )  # fmt: skip
 
 

@@ -288,6 +288,10 @@ class Training:
     def folder(self, runs: Path) -> Path:
         return runs / self.stage / self.method / TIMESTAMP
 
+    def runs_of(self, config_path: Path) -> Path:
+        """The runs folder whose ``folder`` holds ``config_path`` (where a finished run was, by its record)."""
+        return config_path.parents[len(self.folder(Path()).parts)]
+
     def final_checkpoint(self, runs: Path) -> Path:
         return self.folder(runs) / MODEL_DIR / checkpoint_name(self.steps - 1)
 
@@ -343,7 +347,7 @@ def training_keys(
 ) -> tuple[str, str]:
     """The fingerprints a finished or interrupted training may carry: today's, and the legacy one (for the folder
     where ``record``, the training's stage record if any, says the run was when it finished)."""
-    then = Path(record["config"]).parents[3] if record and "config" in record else runs
+    then = training.runs_of(Path(record["config"])) if record and "config" in record else runs
     return training_fingerprint(training, config, data, runs), legacy_fingerprint(training, config, data, runs, then)
 
 
