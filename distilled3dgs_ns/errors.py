@@ -42,8 +42,9 @@ def one_line_errors(program: str, also: tuple[type[Exception], ...] = ()) -> Ite
         sys.exit(USAGE_EXIT)
 
 
-NERFSTUDIO_LOADER = "eval_load_checkpoint"
-"""The nerfstudio 1.1.5 function (``nerfstudio.utils.eval_utils``) that ns-eval, ns-export and ns-viewer load with."""
+NERFSTUDIO_LOADERS = ("eval_load_checkpoint", "_load_checkpoint")
+"""The nerfstudio 1.1.5 functions that read checkpoints: ``nerfstudio.utils.eval_utils``'s (ns-eval, ns-export,
+ns-viewer) and ``Trainer``'s (ns-train --load-dir)."""
 
 
 def unreadable_checkpoint(path: Path | str, error: BaseException) -> str:
@@ -58,7 +59,7 @@ def _nerfstudio_checkpoint_error(error: BaseException, trace: TracebackType | No
     """The message when ``error`` came out of ``torch.load`` called by nerfstudio's loader, else None."""
     while trace is not None and trace.tb_next is not None:
         frame, inner = trace.tb_frame, trace.tb_next.tb_frame
-        if frame.f_code.co_name == NERFSTUDIO_LOADER and "torch" in Path(inner.f_code.co_filename).parts:
+        if frame.f_code.co_name in NERFSTUDIO_LOADERS and "torch" in Path(inner.f_code.co_filename).parts:
             return unreadable_checkpoint(frame.f_locals.get("load_path", "the checkpoint"), error)
         trace = trace.tb_next
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from distilled3dgs_ns.stages import RunSetupError
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, TeacherLoadError, load_teacher
+from distilled3dgs_ns.trainer import AtomicCheckpointTrainer, AtomicCheckpointTrainerConfig
 
 
 def _teacher(tmp_path: Path, name: str = "teacher", poison: bool = False) -> Path:
@@ -72,6 +74,72 @@ def test_a_truncated_checkpoint_names_the_file(tmp_path):
         load_pipeline(config)
     with pytest.raises(CheckpointError, match="is a folder; pass the config.yml"):
         load_pipeline(config.parent)
+
+
+def _trainer(models: Path) -> AtomicCheckpointTrainer:
+    """A trainer with just what ``save_checkpoint`` reads: a tiny pipeline, no optimisers."""
+    trainer = AtomicCheckpointTrainer.__new__(AtomicCheckpointTrainer)
+    trainer.config = AtomicCheckpointTrainerConfig()
+    trainer.checkpoint_dir = models
+    trainer.pipeline = torch.nn.Linear(2, 2)
+    trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})
+    trainer.grad_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return trainer
+
+
+def test_a_run_killed_while_saving_keeps_its_last_whole_checkpoint(tmp_path, monkeypatch):
+    """The CI saw a student killed during nerfstudio's in-place write fail to resume (EOFError in torch.load)."""
+    models = tmp_path / "run" / "nerfstudio_models"
+    trainer = _trainer(models)
+    trainer.save_checkpoint(9)
+    real_save = torch.save
+
+    def killed_midway(state: object, path: Path) -> None:
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(19)
+    assert [path.name for path in models.iterdir()] == ["step-000000009.ckpt"]
+    assert torch.load(models / "step-000000009.ckpt", weights_only=False)["step"] == 9
+    monkeypatch.setattr(torch, "save", real_save)
+    trainer.save_checkpoint(29)  # the next save clears the staged half file and the older checkpoint
+    assert sorted(path.name for path in models.parent.iterdir()) == ["nerfstudio_models"]
+    assert [path.name for path in models.iterdir()] == ["step-000000029.ckpt"]
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(39)
+    monkeypatch.setattr(torch, "save", real_save)
+    trainer.config.save_only_latest_checkpoint = False  # nerfstudio then clears nothing; the half file goes anyway
+    trainer.save_checkpoint(49)
+    assert sorted(path.name for path in models.parent.iterdir()) == ["nerfstudio_models"]
+    assert sorted(path.name for path in models.iterdir()) == ["step-000000029.ckpt", "step-000000049.ckpt"]
+
+
+def test_resuming_from_a_truncated_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    """ns-train --load-dir on a file cut short (by a run older than the atomic saves) is named, as in ns-eval."""
+    models = tmp_path / "run" / "nerfstudio_models"
+    trainer = _trainer(models)
+    trainer.save_checkpoint(9)
+    checkpoint = models / "step-000000009.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    trainer.config.load_dir = models
+    try:
+        trainer._load_checkpoint()
+    except Exception as error:  # what torch raises for a truncated zip
+        caught = error
+    monkeypatch.setattr(sys, "argv", ["ns-train"])
+    errors.print_user_errors(type(caught), caught, caught.__traceback__)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ns-train: {checkpoint} is not a readable checkpoint")
+
+
+def test_both_methods_train_with_the_atomic_trainer():
+    from distilled3dgs_ns.method_configs import student_method, teacher_method
+
+    assert isinstance(teacher_method.config, AtomicCheckpointTrainerConfig)
+    assert isinstance(student_method.config, AtomicCheckpointTrainerConfig)
 
 
 def test_eval_and_export_fail_alike_on_the_same_bad_file(tmp_path, monkeypatch, capsys):
