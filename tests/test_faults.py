@@ -6,8 +6,10 @@ test_e2e_teacher.py; the interrupted-training cases of distilled3dgs-run in test
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,6 +119,15 @@ def test_a_run_killed_while_saving_keeps_its_last_whole_checkpoint(tmp_path, mon
     assert sorted(path.name for path in models.iterdir()) == ["step-000000029.ckpt", "step-000000049.ckpt"]
 
 
+def _hook_lines_of(load: Callable[[], object], program: str, monkeypatch, capsys) -> list[str]:
+    """What the plugin's exception hook prints, as ``program``, for the error ``load`` raises."""
+    with pytest.raises(Exception) as raised:  # what torch raises for a truncated zip
+        load()
+    monkeypatch.setattr(sys, "argv", [program])
+    errors.print_user_errors(raised.type, raised.value, raised.tb)
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def test_resuming_from_a_truncated_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     """ns-train --load-dir on a file cut short (by a run older than the atomic saves) is named, as in ns-eval."""
     models = tmp_path / "run" / "nerfstudio_models"
@@ -125,13 +136,7 @@ def test_resuming_from_a_truncated_checkpoint_is_one_line(tmp_path, monkeypatch,
     checkpoint = models / "step-000000009.ckpt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     trainer.config.load_dir = models
-    try:
-        trainer._load_checkpoint()
-    except Exception as error:  # what torch raises for a truncated zip
-        caught = error
-    monkeypatch.setattr(sys, "argv", ["ns-train"])
-    errors.print_user_errors(type(caught), caught, caught.__traceback__)
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = _hook_lines_of(trainer._load_checkpoint, "ns-train", monkeypatch, capsys)
     assert len(lines) == 1 and lines[0].startswith(f"ns-train: {checkpoint} is not a readable checkpoint")
 
 
@@ -166,13 +171,8 @@ def test_nerfstudios_own_loader_names_a_truncated_checkpoint(tmp_path, monkeypat
     config = _teacher(tmp_path)
     checkpoint = next((config.parent / "nerfstudio_models").glob("*.ckpt"))
     checkpoint.write_bytes(checkpoint.read_bytes()[:500])
-    try:
-        eval_load_checkpoint(SimpleNamespace(load_dir=checkpoint.parent, load_step=None), None)
-    except Exception as error:  # what torch raises for a truncated zip
-        caught = error
-    monkeypatch.setattr(sys, "argv", ["ns-eval"])
-    errors.print_user_errors(type(caught), caught, caught.__traceback__)
-    lines = capsys.readouterr().err.strip().splitlines()
+    load = functools.partial(eval_load_checkpoint, SimpleNamespace(load_dir=checkpoint.parent, load_step=None), None)
+    lines = _hook_lines_of(load, "ns-eval", monkeypatch, capsys)
     assert len(lines) == 1 and lines[0].startswith(f"ns-eval: {checkpoint} is not a readable checkpoint")
     other = ValueError("not about checkpoints")
     errors.print_user_errors(ValueError, other, None)  # anything else keeps Python's report
