@@ -19,7 +19,7 @@ from distilled3dgs_ns.errors import install_excepthook
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
-from distilled3dgs_ns.trainer import AtomicCheckpointTrainerConfig
+from distilled3dgs_ns.trainer import PluginTrainerConfig
 
 install_excepthook()  # our UserErrors inside ns-train / ns-eval / ns-export: one message, not a traceback
 
@@ -57,9 +57,9 @@ def splatfacto_optimizers(max_steps: int = PAPER_STEPS) -> dict:
     }
 
 
-def teacher_config() -> AtomicCheckpointTrainerConfig:
-    """Splatfacto's trainer settings with the teacher model; checkpoints are written atomically."""
-    return AtomicCheckpointTrainerConfig(
+def teacher_config() -> PluginTrainerConfig:
+    """Splatfacto's trainer settings with the teacher model, trained by the plugin's Trainer (see trainer.py)."""
+    return PluginTrainerConfig(
         method_name="distilled3dgs-teacher",
         steps_per_eval_image=100,
         steps_per_eval_batch=0,
@@ -89,7 +89,7 @@ teacher_method = MethodSpecification(
 )
 
 
-def student_config() -> AtomicCheckpointTrainerConfig:
+def student_config() -> PluginTrainerConfig:
     """The teacher's trainer settings with the distillation pipeline and the student model."""
     config = teacher_config()
     config.method_name = "distilled3dgs-student"

@@ -1,11 +1,14 @@
-"""nerfstudio's trainer with checkpoints that appear whole or not at all.
+"""nerfstudio's trainer with the plugin's fixes for what goes wrong around a training, not inside it.
 
-nerfstudio's ``Trainer.save_checkpoint`` writes ``step-<N>.ckpt`` in place; a run killed during that write (Ctrl-C,
-out of memory, a closed laptop) leaves a truncated file under the final name, and resuming with ``--load-dir`` then
-fails inside ``torch.load``. This trainer lets nerfstudio write the checkpoint in a staging folder beside
-``nerfstudio_models`` (not inside it: nerfstudio's loader parses the step out of *every* file name there) and moves it
-in with one ``os.replace``, so the folder only ever holds complete checkpoints. The checkpoint's contents stay
-nerfstudio's own.
+- Checkpoints appear whole or not at all. nerfstudio's ``Trainer.save_checkpoint`` writes ``step-<N>.ckpt`` in place;
+  a run killed during that write (Ctrl-C, out of memory, a closed laptop) leaves a truncated file under the final
+  name, and resuming with ``--load-dir`` then fails inside ``torch.load``. Here nerfstudio writes the checkpoint in a
+  staging folder beside ``nerfstudio_models`` (not inside it: nerfstudio's loader parses the step out of *every* file
+  name there) and one ``os.replace`` moves it in. The checkpoint's contents stay nerfstudio's own.
+- nerfstudio's default device is ``cuda``, so a plain ``ns-train distilled3dgs-teacher`` on a machine without CUDA
+  died in a torch traceback; the plugin's methods run on any CPU, so that case trains on the CPU and says so.
+
+The config class's name is saved in every ``config.yml``: it is deliberately general, so later fixes join it here.
 """
 
 from __future__ import annotations
@@ -14,18 +17,28 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import comms
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, checkpoint_name
 
 STAGING_SUFFIX = ".saving"
 
 
-class AtomicCheckpointTrainer(Trainer):
-    """``Trainer`` whose ``save_checkpoint`` stages the file and moves it into place."""
+class PluginTrainer(Trainer):
+    """``Trainer`` that falls back on the CPU without CUDA and saves checkpoints atomically."""
 
-    config: AtomicCheckpointTrainerConfig
+    config: PluginTrainerConfig
+
+    def __init__(self, config: PluginTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        if config.machine.device_type == "cuda" and not torch.cuda.is_available():
+            CONSOLE.print(
+                "ns-train: no CUDA device here; training on the CPU instead (pass --machine.device-type cpu to say so)"
+            )
+            config.machine.device_type = "cpu"
+        super().__init__(config, local_rank, world_size)
 
     def save_checkpoint(self, step: int) -> None:
         if not comms.is_main_process():
@@ -49,7 +62,7 @@ class AtomicCheckpointTrainer(Trainer):
 
 
 @dataclass
-class AtomicCheckpointTrainerConfig(TrainerConfig):
-    """nerfstudio's trainer settings; checkpoints are written atomically."""
+class PluginTrainerConfig(TrainerConfig):
+    """nerfstudio's trainer settings, trained by ``PluginTrainer``."""
 
-    _target: type = field(default_factory=lambda: AtomicCheckpointTrainer)
+    _target: type = field(default_factory=lambda: PluginTrainer)

@@ -29,7 +29,7 @@ from distilled3dgs_ns.stages import RunSetupError
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, TeacherLoadError, load_teacher
-from distilled3dgs_ns.trainer import AtomicCheckpointTrainer, AtomicCheckpointTrainerConfig
+from distilled3dgs_ns.trainer import PluginTrainer, PluginTrainerConfig
 
 
 def _teacher(tmp_path: Path, name: str = "teacher", poison: bool = False) -> Path:
@@ -78,10 +78,10 @@ def test_a_truncated_checkpoint_names_the_file(tmp_path):
         load_pipeline(config.parent)
 
 
-def _trainer(models: Path) -> AtomicCheckpointTrainer:
+def _trainer(models: Path) -> PluginTrainer:
     """A trainer with just what ``save_checkpoint`` reads: a tiny pipeline, no optimisers."""
-    trainer = AtomicCheckpointTrainer.__new__(AtomicCheckpointTrainer)
-    trainer.config = AtomicCheckpointTrainerConfig()
+    trainer = PluginTrainer.__new__(PluginTrainer)
+    trainer.config = PluginTrainerConfig()
     trainer.checkpoint_dir = models
     trainer.pipeline = torch.nn.Linear(2, 2)
     trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})
@@ -140,11 +140,26 @@ def test_resuming_from_a_truncated_checkpoint_is_one_line(tmp_path, monkeypatch,
     assert len(lines) == 1 and lines[0].startswith(f"ns-train: {checkpoint} is not a readable checkpoint")
 
 
-def test_both_methods_train_with_the_atomic_trainer():
+def test_ns_train_without_a_device_flag_trains_on_the_cpu_where_there_is_no_cuda(tmp_path, monkeypatch, capsys):
+    """nerfstudio's default device is cuda: a plain ``ns-train distilled3dgs-teacher`` on a laptop died in torch."""
+    from nerfstudio.configs.base_config import MachineConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = PluginTrainerConfig(
+        method_name="m", experiment_name="e", output_dir=tmp_path, machine=MachineConfig(device_type="cuda")
+    )
+    trainer = config.setup()
+    assert trainer.device == "cpu" and not trainer.mixed_precision
+    assert "no CUDA device" in capsys.readouterr().out
+    config.machine.device_type = "cpu"
+    assert config.setup().device == "cpu" and "no CUDA device" not in capsys.readouterr().out
+
+
+def test_both_methods_train_with_the_plugin_trainer():
     from distilled3dgs_ns.method_configs import student_method, teacher_method
 
-    assert isinstance(teacher_method.config, AtomicCheckpointTrainerConfig)
-    assert isinstance(student_method.config, AtomicCheckpointTrainerConfig)
+    assert isinstance(teacher_method.config, PluginTrainerConfig)
+    assert isinstance(student_method.config, PluginTrainerConfig)
 
 
 def test_eval_and_export_fail_alike_on_the_same_bad_file(tmp_path, monkeypatch, capsys):
