@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
-from nerfstudio.utils import comms
+from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, checkpoint_name
@@ -40,9 +40,8 @@ class PluginTrainer(Trainer):
             config.machine.device_type = "cpu"
         super().__init__(config, local_rank, world_size)
 
+    @check_main_thread  # as nerfstudio's: only the main process saves
     def save_checkpoint(self, step: int) -> None:
-        if not comms.is_main_process():
-            return
         models = self.checkpoint_dir
         staging = models.with_name(models.name + STAGING_SUFFIX)
         shutil.rmtree(staging, ignore_errors=True)  # a half-written file from a killed save

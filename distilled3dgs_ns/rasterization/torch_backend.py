@@ -162,8 +162,9 @@ def top_contributions(
     """Per camera ``[C, N]``: ``hit_counts(..., top_contributor=True)`` and each Gaussian's blending weight
     ``alpha * T`` summed over the pixels, from one forward pass (the weight sum is what a backward pass of a
     one-channel render gives, at about a third of its cost: the student's prune ranks by both)."""
-    geometry = (means, quats, scales, opacities, viewmats, Ks, width, height)
-    counts, weights = _per_camera(top_contributions_and_weights, *geometry, **options)
+    counts, weights = _per_camera(
+        top_contributions_and_weights, means, quats, scales, opacities, viewmats, Ks, width, height, **options
+    )
     return counts, weights
 
 
