@@ -180,8 +180,13 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         ]
         if config.student_is_no_kd and "baseline-no-kd" in baselines:
             lines.append(
-                "- (the student learned from the ground truth alone, starting from the teacher: baseline-no-kd is the "
-                "student itself, not trained twice)"
+                "- (the student learned from the ground truth alone, from the model's own points: baseline-no-kd is "
+                "the student itself, not trained twice)"
+            )
+        elif config.student_init == "teacher" and "baseline-no-kd" in baselines:
+            lines.append(
+                "- (baseline-no-kd learned without teachers: the student's recipe from the model's own points instead "
+                "of the teacher's Gaussians, densified first)"
             )
     lines += ["", f"![PSNR against #Gaussians]({plot.name})", ""]
     if strip is not None:

@@ -7,10 +7,10 @@ graph)::
         -> eval-<model> ... -> report
 
 The baselines train at the student's final Gaussian count with its step count, so the report says whether
-distillation beats the obvious same-budget alternatives: the student's schedule without teachers
-(``baseline-no-kd``), the standard teacher pruned by global significance then fine-tuned (``baseline-pruned-teacher``,
-LightGaussian's prune and co-adaptation) and a splatfacto trained from scratch with a capped count
-(``baseline-capped``).
+distillation beats the obvious same-budget alternatives: the student's recipe without any teacher, from the model's
+own points (``baseline-no-kd``), the standard teacher pruned by global significance then fine-tuned
+(``baseline-pruned-teacher``, LightGaussian's prune and co-adaptation) and a splatfacto trained from scratch with a
+capped count (``baseline-capped``).
 
 Training stages are ``ns-train`` subprocesses, so a crash (or Ctrl-C) in one loses at most the steps since its last
 checkpoint: re-running the same command skips finished stages, says so, and resumes an unfinished training from its
@@ -169,6 +169,13 @@ class RunConfig:
     """Fraction of the run of the (first) budget cut; densification stops there."""
     student_budget_until: float = paper_fraction(20_000)
     """Fraction of the run of the last budget cut (the paper's last prune: 20k of 30k)."""
+    no_kd_budget_at: float = 0.3
+    """With --student-init teacher: fraction of the run of baseline-no-kd's first cut. That baseline learns without
+    teachers, so it starts from the model's own points (random, or the dataparser's) as any splat trained without a
+    teacher must, densifies until this cut, then cuts to the student's count like the student (demo, 3000 steps:
+    0.3..0.6 was the best of five windows from 0.1..0.4 to 0.5..0.8 for such a start)."""
+    no_kd_budget_until: float = 0.6
+    """With --student-init teacher: fraction of the run of baseline-no-kd's last cut."""
     student_budget_stages: int = 4
     """Budget cuts, evenly spaced from --student-budget-at to --student-budget-until, each removing the same share
     of what is left: gradual pruning lets the survivors adapt between cuts."""
@@ -235,7 +242,8 @@ class RunConfig:
     with no value writes none."""
     baselines: bool = False
     """Also train and evaluate, at the student's final Gaussian count and step count, baseline-no-kd (the student's
-    schedule without teachers), baseline-pruned-teacher (the standard teacher pruned by global significance, then
+    recipe without teachers: no teacher terms, and from the model's own points where the student starts from the
+    teacher, see --no-kd-budget-at), baseline-pruned-teacher (the standard teacher pruned by global significance, then
     fine-tuned) and baseline-capped (splatfacto from scratch, densification capped at that count)."""
     redo: tuple[str, ...] = ()
     """Stages to run again although finished (and the stages that depend on them), e.g. --redo student."""
@@ -249,11 +257,14 @@ class RunConfig:
             raise RunSetupError("--jobs must be at least 1")
         if self.student_budget_share is not None and not 0 < self.student_budget_share <= 1:
             raise RunSetupError(f"--student-budget-share is a share in (0, 1], got {self.student_budget_share}")
-        if not 0 <= self.student_budget_at <= self.student_budget_until <= 1:
-            raise RunSetupError(
-                "--student-budget-at and --student-budget-until are fractions of the run with 0 <= at <= until <= 1, "
-                f"got {self.student_budget_at} and {self.student_budget_until}"
-            )
+        for name in ("student_budget", "no_kd_budget"):
+            at, until = getattr(self, f"{name}_at"), getattr(self, f"{name}_until")
+            if not 0 <= at <= until <= 1:
+                flag = "--" + name.replace("_", "-")
+                raise RunSetupError(
+                    f"{flag}-at and {flag}-until are fractions of the run with 0 <= at <= until <= 1, "
+                    f"got {at} and {until}"
+                )
         if self.student_budget_stages < 1:
             raise RunSetupError(f"--student-budget-stages must be at least 1, got {self.student_budget_stages}")
         if len(set(self.variants)) != len(self.variants):
@@ -261,9 +272,9 @@ class RunConfig:
 
     @property
     def student_is_no_kd(self) -> bool:
-        """With no teacher terms the student's recipe is baseline-no-kd's: its row is the student's, not trained
-        twice."""
-        return self.teacher_terms == "none"
+        """With no teacher terms and its own start, the student's recipe is baseline-no-kd's: its row is the
+        student's, not trained twice."""
+        return self.teacher_terms == "none" and self.student_init == "random"
 
     def gpu_ids(self) -> list[str]:
         ids = [part.strip() for part in self.devices.split(",") if part.strip()]
@@ -598,8 +609,9 @@ class Run:
             for variant in cfg.variants
         ]
 
-    def student_options(self, teacher_count: int) -> list[str]:
-        """The student's schedule and recipe, without its teachers (shared with baseline-no-kd)."""
+    def student_options(self, teacher_count: int, from_teacher: bool, cuts: tuple[float, float]) -> list[str]:
+        """The student's schedule and recipe without the teachers' terms (shared with baseline-no-kd): from the
+        standard teacher's Gaussians or the model's own points, its count cuts from ``cuts[0]`` to ``cuts[1]``."""
         cfg = self.config
         options = [
             *cfg.schedule.options(cfg.student_steps),
@@ -612,14 +624,14 @@ class Run:
             options += ["--pipeline.model.sparsity-weight", str(cfg.student_sparsity)]
         if cfg.student_cap_share is not None:
             options += ["--pipeline.model.max-gaussians", str(max(1, round(cfg.student_cap_share * teacher_count)))]
-        if cfg.student_init == "teacher":
+        if from_teacher:
             options += ["--pipeline.init-from", str(self.standard_config()), "--pipeline.model.sh-degree-interval", "1"]
         if cfg.student_budget_share is not None:
             budget = str(max(1, math.floor(cfg.student_budget_share * teacher_count)))  # never above the share
             options += [
                 "--pipeline.model.prune-count", budget,
-                "--pipeline.model.prune-count-at", str(cfg.student_budget_at),
-                "--pipeline.model.prune-count-until", str(cfg.student_budget_until),
+                "--pipeline.model.prune-count-at", str(cuts[0]),
+                "--pipeline.model.prune-count-until", str(cuts[1]),
                 "--pipeline.model.prune-count-stages", str(cfg.student_budget_stages),
                 "--pipeline.model.prune-sample-at", "None",
                 "--pipeline.model.prune-mass-at", "None",
@@ -627,16 +639,26 @@ class Run:
         return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
 
     def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:
-        options = ["--pipeline.teachers", *map(str, teacher_configs), *self.student_options(teacher_count)]
+        cfg = self.config
+        cuts = (cfg.student_budget_at, cfg.student_budget_until)
+        recipe = self.student_options(teacher_count, from_teacher=cfg.student_init == "teacher", cuts=cuts)
+        options = ["--pipeline.teachers", *map(str, teacher_configs), *recipe]
         return Training(stage="student", method=STUDENT_METHOD, steps=self.config.student_steps, options=options)
 
     def baseline_trainings(self, standard_config: Path, teacher_count: int, student: StudentResult) -> list[Training]:
         """The same-budget baselines at the student's final count ``student.count`` and its step count."""
         cfg = self.config
         count = str(student.count)
-        # The student's own prunes, ending at its final count: its count cut retargeted, or one added where its
-        # last prune was.
-        no_kd = [*self.student_options(teacher_count), *NO_DISTILLATION, "--pipeline.model.prune-count", count]
+        # The student's recipe from the model's own points (a teacher's start is what it learnt from a teacher), its
+        # prunes ending at the student's final count: its count cut retargeted, or one added where its last was.
+        cuts = (cfg.no_kd_budget_at, cfg.no_kd_budget_until)
+        if cfg.student_init == "random":
+            cuts = (cfg.student_budget_at, cfg.student_budget_until)
+        no_kd = [
+            *self.student_options(teacher_count, from_teacher=False, cuts=cuts),
+            *NO_DISTILLATION,
+            "--pipeline.model.prune-count", count,
+        ]  # fmt: skip
         if not student.has_count_cut:
             no_kd += ["--pipeline.model.prune-count-at", str(student.last_prune_at)]
         pruned_teacher = [

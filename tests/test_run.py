@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from distilled3dgs_ns.run import (
     ns_train_command,
     parse_config,
 )
+from distilled3dgs_ns.schedules import to_step
 from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -146,7 +148,7 @@ def test_a_teacher_initialised_student_starts_from_the_standard_teacher(tmp_path
         budget = _parse(run.student_training([standard], teachers), run.config, tmp_path).pipeline.model.prune_count
         assert budget <= 0.15 * teachers < budget + 1 or budget == 1
     no_kd = _parse(run.baseline_trainings(standard, 10_000, StudentResult(1480, 0.7, True))[0], run.config, tmp_path)
-    assert no_kd.pipeline.init_from == run.standard_config()  # the same start, without the teachers' terms
+    assert no_kd.pipeline.init_from is None  # without teachers: the teacher's Gaussians are what the student learnt
     random_start = dataclasses.replace(config, student_init="random")
     plain = _parse(Run(random_start, log=lambda _: None).student_training([standard], 10_000), random_start, tmp_path)
     assert plain.pipeline.init_from is None
@@ -173,7 +175,7 @@ def test_teacher_terms_choose_what_the_student_learns_from_the_teachers(tmp_path
     assert views.pseudo_view_rate == 0.25 and views.pseudo_view_mode == "interpolate"
 
 
-def test_baseline_no_kd_is_the_student_itself_when_it_has_no_teacher_terms(tmp_path, monkeypatch):
+def test_baseline_no_kd_is_the_student_itself_when_it_has_no_teacher_terms_and_its_own_start(tmp_path, monkeypatch):
     trained_stages: list[str] = []
 
     def fake_train(self, trainings, data, gpus):
@@ -187,14 +189,16 @@ def test_baseline_no_kd_is_the_student_itself_when_it_has_no_teacher_terms(tmp_p
     monkeypatch.setattr(run_module, "gaussian_count", lambda record: 1000)
     monkeypatch.setattr(StudentResult, "of", staticmethod(lambda record, steps: StudentResult(148, 0.3, True)))
     monkeypatch.setattr("distilled3dgs_ns.report.write_report", lambda *args, **kwargs: tmp_path / "report.md")
-    for terms, expected in (("none", "student"), ("paper", "baseline-no-kd"), ("novel-views", "baseline-no-kd")):
+    for terms, start in itertools.product(("none", "paper", "novel-views"), ("random", "teacher")):
         trained_stages.clear()
         evaluated.clear()
-        config = parse_config(["--preset", "demo", "--data", str(tmp_path), "--output-dir", str(tmp_path / str(terms)),
-                               "--baselines", "--teacher-terms", terms])  # fmt: skip
+        config = parse_config(["--preset", "demo", "--data", str(tmp_path), "--output-dir",
+                               str(tmp_path / f"{terms}-{start}"), "--baselines", "--teacher-terms", terms,
+                               "--student-init", start])  # fmt: skip
         Run(config, log=lambda _: None)()
-        assert ("baseline-no-kd" in trained_stages) == (terms != "none")
-        assert evaluated["baseline-no-kd"]["stage"] == expected
+        itself = terms == "none" and start == "random"
+        assert ("baseline-no-kd" in trained_stages) == (not itself)
+        assert evaluated["baseline-no-kd"]["stage"] == ("student" if itself else "baseline-no-kd")
         assert {"baseline-pruned-teacher", "baseline-capped"} <= set(trained_stages)
 
 
@@ -202,15 +206,26 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
     run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
-    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.25, False))}
+    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.3, True))}
     assert set(trainings) == set(BASELINES)
     assert {t.steps for t in trainings.values()} == {config.student_steps}
     no_kd = _parse(trainings["baseline-no-kd"], config, tmp_path).pipeline
-    assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from == run.standard_config()
+    assert no_kd.teachers == [] and no_kd.pseudo_view_rate == 0 and no_kd.init_from is None
     assert (no_kd.model.kd_weight, no_kd.model.structure_weight) == (0, 0)
-    assert (no_kd.model.prune_count, no_kd.model.prune_count_at) == (1234, 0.25)
+    # from its own points it densifies before cutting to the student's count: the cuts of --no-kd-budget-at/-until
+    cuts = (no_kd.model.prune_count_at, no_kd.model.prune_count_until)
+    assert no_kd.model.prune_count == 1234 and cuts == (config.no_kd_budget_at, config.no_kd_budget_until)
+    assert no_kd.model.sh_degree_interval == to_step(config.schedule.sh_degree_every, config.student_steps) > 1
     student = _parse(run.student_training([standard], 10_000), config, tmp_path).pipeline.model
-    assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own schedule
+    assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own recipe
+    assert no_kd.model.sparsity_weight == student.sparsity_weight and no_kd.model.prune_score == student.prune_score
+    assert student.prune_count_until == config.student_budget_until != config.no_kd_budget_until
+    own_start = dataclasses.replace(config, student_init="random", student_budget_at=0.2, student_budget_until=0.6)
+    own_no_kd = Run(own_start, log=lambda _: None).baseline_trainings(standard, 10_000, StudentResult(1234, 0.6, True))
+    own = _parse(own_no_kd[0], own_start, tmp_path)
+    assert (own.pipeline.model.prune_count_at, own.pipeline.model.prune_count_until) == (0.2, 0.6)
+    no_cut = Run(own_start, log=lambda _: None).baseline_trainings(standard, 10_000, StudentResult(1234, 0.25, False))
+    assert _parse(no_cut[0], own_start, tmp_path).pipeline.model.prune_count_at == 0.25  # where its last prune was
     pruned = _parse(trainings["baseline-pruned-teacher"], config, tmp_path).pipeline
     assert pruned.init_from == standard and pruned.teachers == []
     assert (pruned.model.prune_count_at, pruned.model.prune_count, pruned.model.prune_score) == (
@@ -222,10 +237,6 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     capped = _parse(trainings["baseline-capped"], config, tmp_path)
     assert capped.method_name == "distilled3dgs-teacher" and capped.pipeline.model.variant == "standard"
     assert capped.pipeline.model.max_gaussians == 1234
-    # a student with its own count cut keeps its schedule, retargeted to the final count
-    staged = run.baseline_trainings(standard, 10_000, StudentResult(999, 0.3, True))[0]
-    retargeted = _parse(staged, config, tmp_path).pipeline.model
-    assert (retargeted.prune_count, retargeted.prune_count_at) == (999, config.student_budget_at)
 
 
 def test_a_bad_option_fails_before_any_training(tmp_path, monkeypatch):
