@@ -298,6 +298,25 @@ class PruneSchedule:
     def due(self, step: int) -> list[PruneEvent]:
         return [event for event in self.events if self.step_of(event) == step]
 
+    def count_budget(self) -> int | None:
+        """The count the last count cut keeps (None without count cuts)."""
+        cuts = [event for event in self.events if event.kind == "count"]
+        return int(cuts[-1].value) if cuts else None
+
+    def regrow_until(self, step: int, count: int) -> int | None:
+        """The step densification runs to while count cuts have left fewer than the budget (None: no regrowth now).
+
+        A cut keeps no Gaussian that scores 0 (no weight in any training view), so cuts that come before a start has
+        grown (random points, or a sparse cloud) can leave it far below its budget with densification stopped. Between
+        the first and the last count cut it then grows back, capped at the budget. Decided from the step and the count
+        alone, so a resumed run decides the same.
+        """
+        budget = self.count_budget()
+        if budget is None:
+            return None
+        cut_steps = [self.step_of(event) for event in self.events if event.kind == "count"]
+        return cut_steps[-1] if cut_steps[0] <= step < cut_steps[-1] and count < budget else None
+
     def keep_mask(self, event: PruneEvent, importance: Tensor, top_counts: Tensor | None = None) -> Tensor:
         """The Gaussians ``event`` keeps, given their importance (and top-contributor counts for the filter)."""
         if self.top_filter:

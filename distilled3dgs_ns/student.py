@@ -1,9 +1,10 @@
 """The student: splatfacto trained on ground truth and the teachers' blend, then pruned to the Gaussians that matter.
 
-Per step the loss is ``(1 - kd) * L(student, GT) + kd * L(student, blend)`` with splatfacto's
-``L = 0.8 * L1 + 0.2 * (1 - SSIM)``, plus, inside its window, the structure loss against the standard teacher's
-Gaussian centres. Densification is splatfacto's (optionally capped at ``max_gaussians``, without opacity resets,
-with Mini-Splatting's blur split) and stops at the first prune. The prune events are a ``PruneSchedule``
+Per step the loss is ``(1 - kd) * L(student, GT) + kd * L(student, blend)`` with splatfacto's ``L = 0.8 * L1 + 0.2 *
+(1 - SSIM)``, plus, inside its window, the structure loss against the standard teacher's Gaussian centres.
+Densification is splatfacto's (optionally capped at ``max_gaussians``, without opacity resets, with Mini-Splatting's
+blur split) and stops at the first prune, unless count cuts leave fewer Gaussians than the budget (a start cut
+before it grew): it then resumes, capped at the budget, until the last cut. The prune events are a ``PruneSchedule``
 (``pruning.py``) ranking the Gaussians by one score over the training views (``prune_score``: accumulated blending
 weight, or LightGaussian's global significance), optionally after Mini-Splatting's intersection-preserving filter:
 importance-proportional sampling, a lowest-share cut (LightGaussian's), a cumulative-mass cut and a count cut to a
@@ -220,7 +221,9 @@ class StudentModel(PortableSplatfactoModel):
         """Resolve the run-fraction schedules; densification stops at the first prune."""
         super().set_run_length(run_length)
         self.prune_schedule = prune_schedule_of(self.config, run_length)
-        self.strategy.refine_stop_iter = min([self.config.stop_split_at, *self.prune_steps()])
+        self.densify_stop = min([self.config.stop_split_at, *self.prune_steps()])
+        self.strategy.refine_stop_iter = self.densify_stop
+        self.regrowing = False
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -313,7 +316,9 @@ class StudentModel(PortableSplatfactoModel):
             )
 
     def step_post_backward(self, step: int) -> None:
-        """Densify (until the first prune), then prune when scheduled."""
+        """Densify (until the first prune, or while the cuts have left fewer than the budget), then prune when
+        scheduled."""
+        self._regrow_below_budget(step)
         super().step_post_backward(step)
         results = self.prune_schedule.step_post_backward(
             self.gauss_params, self.optimizers, self.strategy_state, step, self._scores_for_pruning
@@ -324,6 +329,23 @@ class StudentModel(PortableSplatfactoModel):
                 self.reinitialize_gaussians()
             elif self.config.prune_fresh_optimizer:
                 self.restart_optimizers()
+
+    def _regrow_below_budget(self, step: int) -> None:
+        """Resume densification, capped at the budget, while the count cuts have left fewer Gaussians than it."""
+        until = self.prune_schedule.regrow_until(step, self.num_points)
+        if (until is not None) != self.regrowing:
+            self.regrowing = until is not None
+            if self.regrowing:
+                CONSOLE.log(
+                    f"step {step}: the cuts left {self.num_points} Gaussians, below the budget of "
+                    f"{self.prune_schedule.count_budget()} (Gaussians without weight in any training view go); "
+                    f"densifying up to it until step {until}"
+                )
+        self.strategy.refine_stop_iter = self.densify_stop if until is None else until
+        cap, budget = self.config.max_gaussians, self.prune_schedule.count_budget()
+        if until is not None and budget is not None:
+            cap = budget if cap is None else min(cap, budget)
+        self.strategy.max_gaussians = cap
 
     def _prune(self, keep: Tensor, how: str, step: int) -> None:
         """Remove the Gaussians outside ``keep`` now (outside the schedule; tests and tools)."""

@@ -22,6 +22,7 @@ from distilled3dgs_ns.pruning import (
     mass_cut,
     prune_gaussians,
     sample_by_importance,
+    staged_count_events,
     top_contribution_score,
     top_count_mask,
 )
@@ -456,3 +457,14 @@ def test_top_count_mask_keeps_the_highest_and_never_a_zero() -> None:
     assert top_count_mask(scores, 2).tolist() == [False, True, False, True, False]
     assert top_count_mask(scores, 5).tolist() == [True, True, False, True, True]
     assert top_count_mask(scores, 0).sum() == 0
+
+
+def test_the_schedule_regrows_only_between_count_cuts_that_left_it_below_its_budget():
+    schedule = PruneSchedule(staged_count_events(250, 0.1, 0.4, 4), run_length=100)  # cuts at 10, 20, 30, 40
+    assert schedule.count_budget() == 250
+    assert schedule.regrow_until(5, 100) is None  # before the first cut: the model's own densification
+    assert schedule.regrow_until(10, 100) == 40 and schedule.regrow_until(39, 249) == 40
+    assert schedule.regrow_until(25, 250) is None and schedule.regrow_until(25, 900) is None  # at or above it
+    assert schedule.regrow_until(40, 100) is None and schedule.regrow_until(90, 100) is None  # after the last cut
+    other = PruneSchedule([PruneEvent("mass", 0.2, 0.9), PruneEvent("share", 0.3, 0.5)], run_length=100)
+    assert other.count_budget() is None and other.regrow_until(25, 1) is None

@@ -388,6 +388,32 @@ def test_coadaptation_after_the_prune_has_no_densification():
     assert torch.equal(model.strategy_state["count"], statistics)  # not even gradient statistics are gathered
 
 
+def test_cuts_that_leave_fewer_than_the_budget_densify_back_to_it(monkeypatch: pytest.MonkeyPatch):
+    """Half the start is never seen, the first cut comes before any growth: it keeps only the 150 seen ones."""
+    monkeypatch.setattr(CONSOLE, "width", 300)
+    model = _student(
+        warmup_length=10, refine_every=2, densify_grad_thresh=1e-9, stop_split_at=100, prune_sample_at=None,
+        prune_mass_at=None, prune_count=250, prune_count_at=0.2, prune_count_until=0.6, prune_count_stages=3,
+        prune_top_filter=False,
+    )  # fmt: skip
+    with torch.no_grad():
+        model.gauss_params["means"][150:] += torch.tensor([0.0, 0.0, 100.0])
+    model.set_importance_views(_cameras())
+    model.set_run_length(50)  # cuts at 10, 20, 30
+    model.train()
+    optimizers = _optimizers(model)
+    batch = {"image": torch.rand(SIZE, SIZE, 3)}
+    counts = []
+    with CONSOLE.capture() as capture:
+        for step in range(40):
+            _train_step(model, optimizers, step, batch)
+            counts.append(model.num_points)
+    assert counts[9] == 300 and counts[10] <= 150  # the unseen half scores 0 and goes
+    assert max(counts[11:30]) == 250  # grown back up to the budget, never beyond it
+    assert 0.9 * 250 <= counts[-1] <= 250 and counts[30:] == [counts[30]] * 10  # no growth after the last cut
+    assert "below the budget of 250" in capture.get() and "densifying up to it until step 30" in capture.get()
+
+
 def test_short_coadaptation_warns(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(CONSOLE, "width", 300)  # one line per message
     model = _student(prune_mass_at=0.99)
