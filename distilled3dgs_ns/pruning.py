@@ -298,9 +298,13 @@ class PruneSchedule:
     def due(self, step: int) -> list[PruneEvent]:
         return [event for event in self.events if self.step_of(event) == step]
 
+    def count_cuts(self) -> list[PruneEvent]:
+        """The count cuts, in order (a staged budget's stages)."""
+        return [event for event in self.events if event.kind == "count"]
+
     def count_budget(self) -> int | None:
         """The count the last count cut keeps (None without count cuts)."""
-        cuts = [event for event in self.events if event.kind == "count"]
+        cuts = self.count_cuts()
         return int(cuts[-1].value) if cuts else None
 
     def regrow_until(self, step: int, count: int) -> int | None:
@@ -311,11 +315,11 @@ class PruneSchedule:
         the first and the last count cut it then grows back, capped at the budget. Decided from the step and the count
         alone, so a resumed run decides the same.
         """
-        budget = self.count_budget()
-        if budget is None:
+        cuts = self.count_cuts()
+        if not cuts or count >= cuts[-1].value:
             return None
-        cut_steps = [self.step_of(event) for event in self.events if event.kind == "count"]
-        return cut_steps[-1] if cut_steps[0] <= step < cut_steps[-1] and count < budget else None
+        first, last = self.step_of(cuts[0]), self.step_of(cuts[-1])
+        return last if first <= step < last else None
 
     def keep_mask(self, event: PruneEvent, importance: Tensor, top_counts: Tensor | None = None) -> Tensor:
         """The Gaussians ``event`` keeps, given their importance (and top-contributor counts for the filter)."""

@@ -638,10 +638,13 @@ class Run:
             ]  # fmt: skip
         return [*options, *shlex.split(cfg.model_args), *shlex.split(cfg.student_args)]
 
+    def student_cuts(self) -> tuple[float, float]:
+        """The run fractions of the student's first and last budget cut."""
+        return self.config.student_budget_at, self.config.student_budget_until
+
     def student_training(self, teacher_configs: list[Path], teacher_count: int) -> Training:
-        cfg = self.config
-        cuts = (cfg.student_budget_at, cfg.student_budget_until)
-        recipe = self.student_options(teacher_count, from_teacher=cfg.student_init == "teacher", cuts=cuts)
+        from_teacher = self.config.student_init == "teacher"
+        recipe = self.student_options(teacher_count, from_teacher=from_teacher, cuts=self.student_cuts())
         options = ["--pipeline.teachers", *map(str, teacher_configs), *recipe]
         return Training(stage="student", method=STUDENT_METHOD, steps=self.config.student_steps, options=options)
 
@@ -651,9 +654,8 @@ class Run:
         count = str(student.count)
         # The student's recipe from the model's own points (a teacher's start is what it learnt from a teacher), its
         # prunes ending at the student's final count: its count cut retargeted, or one added where its last was.
-        cuts = (cfg.no_kd_budget_at, cfg.no_kd_budget_until)
-        if cfg.student_init == "random":
-            cuts = (cfg.student_budget_at, cfg.student_budget_until)
+        own_start = cfg.student_init == "random"
+        cuts = self.student_cuts() if own_start else (cfg.no_kd_budget_at, cfg.no_kd_budget_until)
         no_kd = [
             *self.student_options(teacher_count, from_teacher=False, cuts=cuts),
             *NO_DISTILLATION,
