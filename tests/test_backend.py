@@ -1,14 +1,19 @@
 """The rasteriser choice where gsplat's CUDA kernels cannot be built, simulated on a CPU-only machine: ``auto`` falls
-back to the torch rasteriser with one warning, ``gsplat`` refuses in one line, and a model still trains."""
+back to the torch rasteriser with one warning, ``gsplat`` refuses in one line, a model still trains, and ns-train then
+ns-eval run through on the fallback, each warning once."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import look_at_camera, make_model
+from helpers import e2e_scene, look_at_camera, make_model
 
 from distilled3dgs_ns.rasterization import backend
 from distilled3dgs_ns.rasterization.backend import GsplatUnavailable, choose_backend, gsplat_problem
@@ -76,3 +81,50 @@ def test_a_model_trains_on_the_fallback(no_gsplat, monkeypatch):
             losses.append(float(loss))
     fallbacks = [w for w in caught if "pure-PyTorch rasteriser instead" in str(w.message)]
     assert len(fallbacks) == 1 and losses[-1] < losses[0]
+
+
+# Runs a console script (ns-train, ns-eval) in a process where importing gsplat's kernels fails, as after a failed JIT
+# build, and the CPU tensors count as CUDA ones, so ``rasterizer auto`` meets the failure a GPU user would.
+_SIMULATED_FAILURE = """
+import sys
+from importlib.metadata import entry_points
+sys.modules["gsplat.cuda._backend"] = None
+from distilled3dgs_ns.rasterization import backend
+backend.on_cuda = lambda device: True
+command = sys.argv.pop(1)
+sys.argv[0] = command
+sys.exit(entry_points(group="console_scripts")[command].load()())
+"""
+FALLBACK_WARNING = "rendering with the pure-PyTorch rasteriser instead"
+
+
+def _run_with_failed_build(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``command`` as a user runs it, every warning printed each time it is raised (the "once" is ours to keep)."""
+    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1", "PYTHONWARNINGS": "always"}
+    args = [sys.executable, "-c", _SIMULATED_FAILURE, *command]
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_ns_train_and_ns_eval_run_on_the_fallback_with_one_warning_each(tmp_path):
+    scene = e2e_scene(tmp_path)
+    train = _run_with_failed_build(
+        ["ns-train", "distilled3dgs-teacher", "--data", str(scene), "--output-dir", "outputs",
+         "--experiment-name", "fallback", "--timestamp", "run", "--max-num-iterations", "30",
+         "--steps-per-save", "30", "--machine.device-type", "cpu", "--vis", "tensorboard",
+         "--pipeline.model.num-random", "2000", "--pipeline.model.warmup-length", "10",
+         "--pipeline.model.refine-every", "10", "blender-data"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    config = tmp_path / "outputs" / "fallback" / "distilled3dgs-teacher" / "run" / "config.yml"
+    assert sorted(p.name for p in config.parent.joinpath("nerfstudio_models").iterdir()) == ["step-000000029.ckpt"]
+    evaluated = _run_with_failed_build(
+        ["ns-eval", "--load-config", str(config), "--output-path", "eval.json"], cwd=tmp_path
+    )
+    for result in (train, evaluated):
+        output = result.stdout + result.stderr
+        assert output.count(FALLBACK_WARNING) == 1, output[-3000:]
+        assert "gsplat's CUDA kernels failed to build (ModuleNotFoundError" in output
+    assert 5.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
