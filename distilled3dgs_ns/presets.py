@@ -1,4 +1,4 @@
-"""Named presets for ``distilled3dgs-run``: YAML files in the repository's ``configs/`` folder.
+"""Named presets for ``distilled3dgs-run``: YAML files in the repository's ``configs/`` folder (in the wheel too).
 
 A preset sets the defaults of the run's options (field names of ``RunConfig``, nested mappings for nested configs);
 anything given on the command line still overrides it. ``--preset NAME`` looks for ``configs/NAME.yaml``; a path to
@@ -17,8 +17,14 @@ import yaml
 
 from distilled3dgs_ns.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
-"""The repository's ``configs/`` folder (the package is installed from a checkout, editable or not)."""
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def preset_dir() -> Path:
+    """The presets' folder: the wheel's copy inside the package, else the checkout's ``configs/`` beside it."""
+    shipped = _PACKAGE / "configs"
+    return shipped if shipped.is_dir() else _PACKAGE.parent / "configs"
+
 
 T = TypeVar("T")
 
@@ -29,7 +35,7 @@ class PresetError(UserError, ValueError):
 
 def available_presets() -> list[str]:
     """Names of the presets shipped in ``configs/``."""
-    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+    return sorted(path.stem for path in preset_dir().glob("*.yaml"))
 
 
 def preset_path(name: str) -> Path:
@@ -37,7 +43,7 @@ def preset_path(name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
-    path = PRESET_DIR / f"{name}.yaml"
+    path = preset_dir() / f"{name}.yaml"
     if not path.is_file():
         raise PresetError(
             f"no preset named '{name}' (looked for {path}); available: {', '.join(available_presets()) or 'none'}, "
