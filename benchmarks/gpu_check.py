@@ -3,7 +3,10 @@
     python benchmarks/gpu_check.py                 # everything (about 10 minutes on one GPU)
     python benchmarks/gpu_check.py --no-training   # the rasteriser tables only
 
-On a machine without CUDA it still runs (the CUDA rows say "no GPU"), so it is tested on the CPU. Tables, markdown:
+On a machine without CUDA it still runs (the CUDA rows say "no GPU"), so it is tested on the CPU. Each row is printed
+(and written to <output-dir>/gpu_check.md) as soon as it is measured; a backend or training that fails, or a training
+past --budget-s, is a row saying so, so one run on a borrowed GPU always returns its tables. On an offline GPU
+machine with CUDA PyTorch but no nerfstudio, carry the wheels of gpu_check_wheels.txt (its header says how). Tables:
 1. agreement on the shared reference scene (20k Gaussians, 256x256): render PSNR and gradient cosine per parameter of
    each backend against gsplat on CUDA (on a CPU-only machine: against the shared OpenSplat reference);
 2. forward and forward+backward time of each backend at 20k and 1M Gaussians (1M only on CUDA);
@@ -12,13 +15,17 @@ On a machine without CUDA it still runs (the CUDA rows say "no GPU"), so it is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +56,11 @@ class Args:
     """Timed repetitions per timing (median), after two untimed ones."""
     training: bool = True
     """Also train the teachers and the demo (CUDA only; on a CPU the rows say "no GPU")."""
+    budget_s: float = 540.0
+    """Wall-clock budget of the whole check, from its start: a training is stopped when it runs past it and the next
+    ones are skipped (their rows say so), so the tables come back within one lease of a GPU machine."""
     output_dir: Path | None = None
-    """Where the trainings go (default: a temporary folder)."""
+    """Where the trainings, their logs and gpu_check.md (the tables) go (default: a temporary folder)."""
 
 
 def backends() -> list[tuple[str, torch.device, str]]:
@@ -82,9 +92,19 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.reshape(1, -1).double(), b.reshape(1, -1).double()))
 
 
+def one_line(error: BaseException) -> str:
+    """``error`` as a table cell: its type and the first line of its message (CUDA's says what went wrong there)."""
+    lines = str(error).strip().splitlines() or [""]
+    return f"failed: {type(error).__name__}: {lines[0][:160]}".replace("|", "/")
+
+
 def agreement_table(scene: dict, args: Args) -> list[str]:
-    rows = backends()
-    outputs = {label: render_and_grads(scene, device, backend) for label, device, backend in rows}
+    outputs, failed = {}, []
+    for label, device, backend in backends():
+        try:
+            outputs[label] = render_and_grads(scene, device, backend)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:  # a first run on a new device
+            failed.append(f"| {label} | {one_line(error)} |" + " |" * len(PARAMS))
     if "gsplat, CUDA" in outputs:
         against, reference = "gsplat on CUDA", outputs["gsplat, CUDA"]
     else:
@@ -101,6 +121,7 @@ def agreement_table(scene: dict, args: Args) -> list[str]:
     for label, (render, grads) in outputs.items():
         cells = " | ".join(f"{cosine(grads[k], reference[1][k].reshape(grads[k].shape)):.5f}" for k in PARAMS)
         lines.append(f"| {label} | {psnr(render, reference[0].reshape(render.shape)):.1f} | {cells} |")
+    lines += failed
     if not torch.cuda.is_available():
         lines.append("| gsplat, CUDA | no GPU |" + " |" * len(PARAMS))
     elif "gsplat, CUDA" not in outputs:
@@ -134,54 +155,128 @@ def timing_table(scene: dict, args: Args) -> list[str]:
                 lines.append(f"| {label} | {num} | skipped on the CPU | |")
                 continue
             case = resized(scene, num=num)
-            fwd = timed(case, device, backend, False, args.repeats)
-            both = timed(case, device, backend, True, args.repeats)
+            try:
+                fwd = timed(case, device, backend, False, args.repeats)
+                both = timed(case, device, backend, True, args.repeats)
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:  # out of memory included
+                lines.append(f"| {label} | {num} | {one_line(error)} | |")
+                continue
             lines.append(f"| {label} | {num} | {1000 * fwd:.1f} | {1000 * both:.1f} |")
     if not torch.cuda.is_available():
         lines.append("| CUDA (torch and gsplat) | | no GPU | no GPU |")
     return lines
 
 
-def training_table(args: Args, out: Path) -> list[str]:
-    lines = ["| training | wall time (s) | #Gaussians | test PSNR |", "|---|---|---|---|"]
+Trainer = Callable[[Path, float], tuple[float, int, float]]
+"""``train(log, seconds left)`` -> (wall seconds, #Gaussians, test PSNR) of one training row."""
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    return lines[-1][-200:].replace("|", "/") if lines else ""
+
+
+def attempt(label: str, log: Path, deadline: float, train: Trainer) -> str:
+    """One training row; a failure, a run past the budget or no time left is the row's text instead, so the rows after
+    it still run."""
+    left = deadline - time.perf_counter()
+    if left < 30:
+        return f"| {label} | skipped: the check's --budget-s is spent | | |"
+    try:
+        seconds, count, value = train(log, left)
+    except subprocess.TimeoutExpired:
+        return f"| {label} | stopped at the check's --budget-s (log: {log}) | | |"
+    except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as error:
+        return f"| {label} | {one_line(error)}; log: {log}: {last_line(log)} | | |"
+    return f"| {label} | {seconds:.0f} | {count} | {value:.2f} |"
+
+
+def train_teacher_row(args: Args, out: Path, rasterizer: str) -> Trainer:
+    def train(log: Path, left: float) -> tuple[float, int, float]:
+        teacher = TeacherArgs(data=args.data, steps=args.teacher_steps, output_dir=out / rasterizer, device="cuda",
+                              extra=f"--pipeline.model.rasterizer {rasterizer}")  # fmt: skip
+        row = train_teacher(teacher, log=log, timeout_s=left)
+        return row["train_s"], row["num_gaussians"], row["psnr"]
+
+    return train
+
+
+def run_group(command: list[str], log: Path, timeout_s: float) -> None:
+    """``command`` and every process it starts, stopped together at ``timeout_s`` (a run starts its trainings)."""
+    with open(log, "a") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def train_demo(out: Path) -> Trainer:
+    def train(log: Path, left: float) -> tuple[float, int, float]:
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "distilled3dgs_ns.run", "--preset", "demo", "--device-type", "cuda",
+                   "--output-dir", str(out / "demo")]  # fmt: skip
+        run_group(command, log, left)
+        student = json.loads((out / "demo" / "report.json").read_text())["models"]["student"]
+        return time.perf_counter() - start, student["num_gaussians"], student["psnr"]
+
+    return train
+
+
+def training_table(args: Args, out: Path, deadline: float) -> Iterator[str]:
+    """The training rows, each as soon as it is measured."""
+    yield from ["| training | wall time (s) | #Gaussians | test PSNR |", "|---|---|---|---|"]
     if not args.training:
-        return lines + ["| (skipped: --no-training) | | | |"]
+        yield "| (skipped: --no-training) | | | |"
+        return
     if not torch.cuda.is_available():
-        teacher = f"| teacher, lego-100, {args.teacher_steps} steps | no GPU | | |"
-        return lines + [teacher, "| demo student | no GPU | | |"]
+        yield from [f"| teacher, lego-100, {args.teacher_steps} steps | no GPU | | |", "| demo student | no GPU | | |"]
+        return
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     for rasterizer in ("gsplat", "torch"):
-        row = train_teacher(
-            TeacherArgs(data=args.data, steps=args.teacher_steps, output_dir=out / rasterizer, device="cuda",
-                        extra=f"--pipeline.model.rasterizer {rasterizer}")
-        )  # fmt: skip
         label = f"teacher, lego-100, {args.teacher_steps} steps, {rasterizer}"
-        lines.append(f"| {label} | {row['train_s']:.0f} | {row['num_gaussians']} | {row['psnr']:.2f} |")
-    start = time.perf_counter()
-    demo = out / "demo"
-    subprocess.run(
-        [sys.executable, "-m", "distilled3dgs_ns.run", "--preset", "demo", "--device-type", "cuda",
-         "--output-dir", str(demo)], check=True,
-    )  # fmt: skip
-    student = json.loads((demo / "report.json").read_text())["models"]["student"]
-    lines.append(
-        f"| demo (teachers + student), student row | {time.perf_counter() - start:.0f} | "
-        f"{student['num_gaussians']} | {student['psnr']:.2f} |"
-    )
-    return lines
+        if rasterizer == "gsplat" and gsplat_problem() is not None:
+            yield f"| {label} | unavailable: {gsplat_problem()} | | |"
+            continue
+        yield attempt(
+            label, out / "logs" / f"teacher-{rasterizer}.log", deadline, train_teacher_row(args, out, rasterizer)
+        )
+    yield attempt("demo (teachers + student), student row", out / "logs" / "demo.log", deadline, train_demo(out))
 
 
 def main() -> None:
     args = tyro.cli(Args)
-    scene = load_scene(args.scene)
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}); device: {cuda}; gsplat: {gsplat_problem() or 'ok'}")
-    print()
-    print("\n".join(agreement_table(scene, args)))
-    print()
-    print("\n".join(timing_table(scene, args)))
-    print()
-    with tempfile.TemporaryDirectory() as tmp:
-        print("\n".join(training_table(args, args.output_dir or Path(tmp))))
+    deadline = time.perf_counter() + args.budget_s
+    with contextlib.ExitStack() as stack:
+        out = args.output_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        out.mkdir(parents=True, exist_ok=True)
+        report = stack.enter_context(open(out / "gpu_check.md", "w"))
+
+        def emit(line: str = "") -> None:
+            print(line, flush=True)
+            report.write(line + "\n")
+            report.flush()
+
+        scene = load_scene(args.scene)
+        cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+        if torch.cuda.is_available():
+            print("loading gsplat's CUDA kernels (the first use compiles them: minutes)...", flush=True)
+        start = time.perf_counter()
+        gsplat = gsplat_problem() or f"ok ({time.perf_counter() - start:.0f} s to load)"
+        emit(f"torch {torch.__version__} (CUDA {torch.version.cuda}); device: {cuda}; gsplat: {gsplat}")
+        tables = (
+            lambda: agreement_table(scene, args),
+            lambda: timing_table(scene, args),
+            lambda: training_table(args, out, deadline),
+        )
+        for table in tables:
+            emit()
+            for line in table():
+                emit(line)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Example (the figure reported for the foundation issue):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -50,14 +51,21 @@ def run_dir(args: Args, name: str) -> Path:
     return args.output_dir / name / "distilled3dgs-teacher" / "bench"
 
 
-def run(args: Args) -> dict:
+def run(args: Args, log: Path | None = None, timeout_s: float | None = None) -> dict:
+    """Train and evaluate; ``log`` takes both commands' output (default: the console), ``timeout_s`` bounds the two.
+
+    Raises ``subprocess.CalledProcessError`` or ``subprocess.TimeoutExpired`` when a command fails or runs out of time.
+    """
     name = f"teacher-{args.variant}-{args.steps}"
     start = time.perf_counter()
-    subprocess.run(train_command(args, name), check=True)
-    train_s = time.perf_counter() - start
-    config = run_dir(args, name) / "config.yml"
-    eval_json = args.output_dir / f"{name}-eval.json"
-    subprocess.run(["ns-eval", "--load-config", str(config), "--output-path", str(eval_json)], check=True)
+    with open(log, "a") if log else contextlib.nullcontext() as output:
+        subprocess.run(train_command(args, name), check=True, stdout=output, stderr=output, timeout=timeout_s)
+        train_s = time.perf_counter() - start
+        config = run_dir(args, name) / "config.yml"
+        eval_json = args.output_dir / f"{name}-eval.json"
+        left = None if timeout_s is None else max(1.0, timeout_s - train_s)
+        evaluate = ["ns-eval", "--load-config", str(config), "--output-path", str(eval_json)]
+        subprocess.run(evaluate, check=True, stdout=output, stderr=output, timeout=left)
     results = json.loads(eval_json.read_text())["results"]
     return {
         "variant": args.variant,
