@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
 
 
@@ -30,10 +30,7 @@ def fingerprint(value: Any) -> str:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write ``value`` as JSON so that readers see the old file or the complete new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
 
 @dataclass

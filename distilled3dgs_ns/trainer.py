@@ -4,7 +4,8 @@
   a run killed during that write (Ctrl-C, out of memory, a closed laptop) leaves a truncated file under the final
   name, and resuming with ``--load-dir`` then fails inside ``torch.load``. Here nerfstudio writes the checkpoint in a
   staging folder beside ``nerfstudio_models`` (not inside it: nerfstudio's loader parses the step out of *every* file
-  name there) and one ``os.replace`` moves it in. The checkpoint's contents stay nerfstudio's own.
+  name there) and one rename moves it in, after the data reached the disk (``durable``). The checkpoint's contents
+  stay nerfstudio's own.
 - nerfstudio's default device is ``cuda``, so a plain ``ns-train distilled3dgs-teacher`` on a machine without CUDA
   died in a torch traceback; the plugin's methods run on any CPU, so that case trains on the CPU and says so.
 
@@ -13,7 +14,6 @@ The config class's name is saved in every ``config.yml``: it is deliberately gen
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, checkpoint_name
+from distilled3dgs_ns.durable import publish
 
 STAGING_SUFFIX = ".saving"
 
@@ -52,7 +53,7 @@ class PluginTrainer(Trainer):
             self.checkpoint_dir = models
         models.mkdir(parents=True, exist_ok=True)
         name = checkpoint_name(step)
-        os.replace(staging / name, models / name)
+        publish(staging / name, models / name)  # on the disk before the older checkpoint goes
         staging.rmdir()
         if self.config.save_only_latest_checkpoint:
             for old in models.glob(CHECKPOINT_GLOB):

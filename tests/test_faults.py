@@ -7,6 +7,7 @@ test_e2e_teacher.py; the interrupted-training cases of distilled3dgs-run in test
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from distilled3dgs_ns import errors
 from distilled3dgs_ns.checkpoints import CheckpointError, DivergedError, check_finite, load_pipeline
 from distilled3dgs_ns.compression import cli as export_cli
 from distilled3dgs_ns.compression.compact_format import CompactFormatError
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.evaluation import entrypoint as eval_entrypoint
 from distilled3dgs_ns.presets import PresetError
 from distilled3dgs_ns.run import Run, RunConfig, parse_config
@@ -29,7 +31,7 @@ from distilled3dgs_ns.stages import RunSetupError
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, TeacherLoadError, load_teacher
-from distilled3dgs_ns.trainer import PluginTrainer, PluginTrainerConfig
+from distilled3dgs_ns.trainer import STAGING_SUFFIX, PluginTrainer, PluginTrainerConfig
 
 
 def _teacher(tmp_path: Path, name: str = "teacher", poison: bool = False) -> Path:
@@ -117,6 +119,54 @@ def test_a_run_killed_while_saving_keeps_its_last_whole_checkpoint(tmp_path, mon
     trainer.save_checkpoint(49)
     assert sorted(path.name for path in models.parent.iterdir()) == ["nerfstudio_models"]
     assert sorted(path.name for path in models.iterdir()) == ["step-000000029.ckpt", "step-000000049.ckpt"]
+
+
+@pytest.fixture
+def disk_events(monkeypatch) -> list[tuple[str, str]]:
+    """Every fsync (of which path), rename (to which path) and deletion, in order."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the synced files")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, Path.unlink
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source, target) -> None:
+        events.append(("replace", str(Path(target).resolve())))
+        real_replace(source, target)
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        events.append(("unlink", str(path.resolve())))
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    return events
+
+
+def test_a_checkpoint_is_on_the_disk_before_it_replaces_the_last_one(tmp_path, disk_events):
+    """After a power cut the file system may keep a rename and lose the data written before it; nerfstudio keeps only
+    the latest checkpoint, so the older one must outlive the new one's rename and the rename must be on the disk."""
+    models = (tmp_path / "run" / "nerfstudio_models").resolve()
+    trainer = _trainer(models)
+    trainer.save_checkpoint(9)
+    disk_events.clear()
+    trainer.save_checkpoint(19)
+    new, old = models / "step-000000019.ckpt", models / "step-000000009.ckpt"
+    staged = models.with_name(models.name + STAGING_SUFFIX) / new.name
+    order = [("fsync", str(staged)), ("replace", str(new)), ("fsync", str(models)), ("unlink", str(old))]
+    assert [event for event in disk_events if event in order] == order
+
+
+def test_every_file_the_package_writes_is_on_the_disk_before_its_rename(tmp_path, disk_events):
+    path = (tmp_path / "out" / "student.compact").resolve()
+    write_atomic(path, b"complete")
+    (temporary,) = {name for kind, name in disk_events if kind == "fsync" and name.endswith(".tmp")}
+    assert disk_events[:3] == [("fsync", temporary), ("replace", str(path)), ("fsync", str(path.parent))]
+    assert path.read_bytes() == b"complete" and sorted(path.parent.iterdir()) == [path]
 
 
 def _hook_lines_of(load: Callable[[], object], program: str, monkeypatch, capsys) -> list[str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import lzma
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from distilled3dgs_ns.compression import quantise
 from distilled3dgs_ns.compression.quantise import Quantisation
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
 
 MAGIC = b"D3DGSCMP"
@@ -287,21 +287,7 @@ def write_compact(path: Path | str, gaussians: CompactGaussians, compression: Co
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
-    return write_file(path, head + _CRC.pack(zlib.crc32(head)) + stored)
-
-
-def write_file(path: Path | str, data: bytes) -> int:
-    """Write ``data`` atomically (a half-written file never replaces a good one), making the folder; returns its
-    size. Every file writer of the package ends here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return len(data)
+    return write_atomic(path, head + _CRC.pack(zlib.crc32(head)) + stored)
 
 
 def _check_shapes(g: CompactGaussians) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distilled3dgs_ns.compression.compact_format import SH_C0, CompactGaussians, write_file
+from distilled3dgs_ns.compression.compact_format import SH_C0, CompactGaussians
 from distilled3dgs_ns.compression.ply import ply_properties
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
 
 CHUNK = 256
@@ -141,7 +142,7 @@ def compressed_ply_bytes(gaussians: CompactGaussians) -> bytes:
 
 def write_compressed_ply(path: Path | str, gaussians: CompactGaussians) -> int:
     """Write the Gaussians as a PlayCanvas compressed PLY; returns its size in bytes."""
-    return write_file(path, compressed_ply_bytes(gaussians))
+    return write_atomic(path, compressed_ply_bytes(gaussians))
 
 
 def _parse_header(path: Path, data: bytes) -> tuple[list[tuple[str, int, list[str]]], int]:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from nerfstudio.models.splatfacto import RGB2SH
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, write_file
+from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.durable import write_atomic
 
 
 def ply_properties(gaussians: CompactGaussians) -> dict[str, np.ndarray]:
@@ -50,4 +51,4 @@ def write_ply(path: Path | str, gaussians: CompactGaussians, comment: str = "") 
     records = np.empty(gaussians.num_gaussians, dtype=[(name, "<f4") for name in columns])
     for name, column in columns.items():
         records[name] = column
-    return write_file(path, ("\n".join(lines) + "\n").encode() + records.tobytes())
+    return write_atomic(path, ("\n".join(lines) + "\n").encode() + records.tobytes())

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from nerfstudio.models.splatfacto import RGB2SH, SH2RGB
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, write_file
+from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
 
 RECORD = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
@@ -43,7 +44,7 @@ def splat_bytes(gaussians: CompactGaussians) -> bytes:
 
 def write_splat(path: Path | str, gaussians: CompactGaussians) -> int:
     """Write the Gaussians as a ``.splat`` file; returns its size in bytes."""
-    return write_file(path, splat_bytes(gaussians))
+    return write_atomic(path, splat_bytes(gaussians))
 
 
 def read_splat(path: Path | str, sh_degree: int = 0) -> CompactGaussians:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from nerfstudio.models.splatfacto import RGB2SH
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, write_file
+from distilled3dgs_ns.compression.compact_format import CompactGaussians
+from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
@@ -115,7 +116,7 @@ def spz_bytes(gaussians: CompactGaussians) -> bytes:
 
 def write_spz(path: Path | str, gaussians: CompactGaussians) -> int:
     """Write the Gaussians as an SPZ file; returns its size in bytes."""
-    return write_file(path, spz_bytes(gaussians))
+    return write_atomic(path, spz_bytes(gaussians))
 
 
 def read_spz(path: Path | str) -> CompactGaussians:
