@@ -3,6 +3,8 @@
     python benchmarks/gpu_check.py                 # everything (about 10 minutes on one GPU)
     python benchmarks/gpu_check.py --no-training   # the rasteriser tables only
 
+Run ``python -m pytest -q tests/test_cuda.py`` before it on a GPU machine (the CUDA path's tests, skipped elsewhere).
+
 On a machine without CUDA it still runs (the CUDA rows say "no GPU"), so it is tested on the CPU. Each row is printed
 (and written to <output-dir>/gpu_check.md) as soon as it is measured; a backend or training that fails, or a training
 past --budget-s, is a row saying so, so one run on a borrowed GPU always returns its tables. On an offline GPU

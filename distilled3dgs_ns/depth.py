@@ -78,7 +78,7 @@ def fit_affine(x: Tensor, y: Tensor, tolerance: float = 0.02, trials: int = 256,
     this view sit behind the mapped surface, often half of them, all on one side: a plain or trimmed least-squares
     fit leans towards them, a consensus does not."""
     generator = torch.Generator().manual_seed(seed)
-    x, y = x.double(), y.double()
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()  # double: not on MPS
     pairs = torch.randint(0, len(x), (trials, 2), generator=generator)
     run = x[pairs[:, 0]] - x[pairs[:, 1]]
     scale = (y[pairs[:, 0]] - y[pairs[:, 1]]) / torch.where(run.abs() > 1e-12, run, torch.ones_like(run))

@@ -120,10 +120,12 @@ def sample_by_importance(importance: Tensor, factor: float, generator: torch.Gen
     keep = torch.zeros_like(importance, dtype=torch.bool)
     if count == 0:
         return keep
-    weights = importance.double()
+    # the race runs where the generator draws (a CPU one for a CUDA model, say), in double precision (not on MPS)
+    draws_on = generator.device if generator is not None else torch.device("cpu")
+    weights = importance.detach().to(draws_on, torch.float64)
     race = torch.empty_like(weights).exponential_(generator=generator)
-    keys = torch.where(positive, -race / weights.clamp_min(torch.finfo(weights.dtype).tiny), -math.inf)
-    keep[keys.topk(count).indices] = True
+    keys = torch.where(positive.to(draws_on), -race / weights.clamp_min(torch.finfo(weights.dtype).tiny), -math.inf)
+    keep[keys.topk(count).indices.to(keep.device)] = True
     return keep
 
 
@@ -138,7 +140,7 @@ def mass_cut(importance: Tensor, mass: float = 0.99) -> Tensor:
         raise ValueError(f"mass must be in [0, 1], got {mass}")
     keep = torch.zeros_like(importance, dtype=torch.bool)
     order = torch.sort(importance, descending=True, stable=True).indices
-    cumulative = importance.double()[order].cumsum(0)
+    cumulative = importance.detach().cpu().double()[order.cpu()].cumsum(0)  # double: not on MPS
     if cumulative.numel() == 0:
         return keep
     target = mass * cumulative[-1]
