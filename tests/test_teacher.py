@@ -9,7 +9,7 @@ import torch
 from helpers import look_at_camera, make_model
 from nerfstudio.engine.optimizers import Optimizers
 
-from distilled3dgs_ns.cpu_threads import AdaptiveThreads
+from distilled3dgs_ns.cpu_threads import AdaptiveThreads, thread_policy
 from distilled3dgs_ns.method_configs import splatfacto_optimizers
 from distilled3dgs_ns.teacher import TeacherModelConfig
 
@@ -155,12 +155,14 @@ def test_a_cpu_training_applies_its_thread_setting_at_the_first_step():
         fixed.step_cb(_optimizers(fixed), 0)
         assert torch.get_num_threads() == 1
         torch.set_num_threads(start)
+        thread_policy.cache_clear()  # one per process: an earlier test's, made at another count on a busy machine
         adaptive = _teacher()
         adaptive.step_cb(_optimizers(adaptive), 0)
         assert isinstance(adaptive.cpu_policy, AdaptiveThreads)
         assert adaptive.cpu_policy.max_threads == start
     finally:
         torch.set_num_threads(start)
+        thread_policy.cache_clear()
 
 
 def test_a_render_on_another_thread_uses_the_setting_too():
