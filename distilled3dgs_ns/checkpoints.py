@@ -85,9 +85,12 @@ def gaussian_state(pipeline_state: Mapping[str, torch.Tensor]) -> dict[str, torc
     return {key.split(marker, 1)[1]: value for key, value in pipeline_state.items() if marker in key}
 
 
-def load_pipeline(config_path: Path, data: Path | None = None, test_mode: str = "test") -> Any:
+def load_pipeline(
+    config_path: Path, data: Path | None = None, test_mode: str = "test", device: str | None = None
+) -> Any:
     """The trained pipeline of ``config.yml`` with the newest checkpoint *beside it* (nerfstudio's ``eval_setup``
-    reads the original run folder's); ``data`` replaces the scene path saved in the config."""
+    reads the original run folder's); ``data`` replaces the scene path saved in the config; ``device``: where it runs
+    (None: CUDA where there is one, as nerfstudio's ``ns-eval``)."""
     import yaml
     from nerfstudio.configs.method_configs import all_methods
 
@@ -105,7 +108,7 @@ def load_pipeline(config_path: Path, data: Path | None = None, test_mode: str = 
     config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target
     if data is not None:
         config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         pipeline = config.pipeline.setup(device=device, test_mode=test_mode)
     except FileNotFoundError as error:

@@ -252,7 +252,9 @@ class PortableSplatfactoModel(SplatfactoModel):
             if state is not None and all(
                 not torch.is_tensor(v) or v.dim() == 0 or v.shape == param.shape for v in state.values()
             ):
-                optimizer.state[param] = {k: v.to(param.device) if torch.is_tensor(v) else v for k, v in state.items()}
+                optimizer.state[param] = {  # a 0-dim step count stays where torch keeps it (the CPU)
+                    k: v.to(param.device) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in state.items()
+                }
 
     # -------------------------------------------------------------------------------------------------- rendering
 
@@ -345,7 +347,7 @@ class PortableSplatfactoModel(SplatfactoModel):
             crop_ids = self.crop_box.within(self.means).squeeze()
             if crop_ids.sum() == 0:
                 return self.get_empty_outputs(
-                    int(camera.width.item()), int(camera.height.item()), self.background_color
+                    int(camera.width.item()), int(camera.height.item()), self._get_background_color()
                 )
 
         wants_depth = self.config.output_depth_during_training or self.config.depth_weight > 0

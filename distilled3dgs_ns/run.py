@@ -848,7 +848,7 @@ class Run:
         if existing is not None:
             self.log(f"{stage}: finished earlier, skipping")
             return existing
-        pipeline = load_pipeline(Path(record["config"]), data=self.scene_path())
+        pipeline = load_pipeline(Path(record["config"]), data=self.scene_path(), device=device_type_of(cfg))
         views_dir = self.output_dir / "views" / name
         result = evaluate_pipeline(
             pipeline,

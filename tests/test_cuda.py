@@ -8,9 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import look_at_camera, make_model
+from test_compression import _model
+from test_frame import _rotation
 from test_rasterization import PARAMS, grads_of, make_scene, render
 from test_student import POSITIONS, SIZE, _cameras, _optimizers, _student
 
+from distilled3dgs_ns.compression.frame import Similarity, transform_gaussians
+from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.pruning import PruneEvent, PruneSchedule
 from distilled3dgs_ns.teacher import TeacherModelConfig
 
@@ -87,3 +91,24 @@ def test_a_student_samples_and_cuts_on_cuda():
     losses = _train(model, 20, look_at_camera(POSITIONS[0], size=SIZE).to(CUDA))
     assert 0 < model.num_points < 300 and model.gauss_params["means"].device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_cuda_model_moves_to_the_capture_frame_as_a_cpu_one():
+    """The export of a COLMAP scene (a dataparser transform that is not the identity) from a model on CUDA."""
+    model = _model(sh_degree=3, num_points=300, seed=5)
+    move = Similarity(_rotation(7), torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64), 1.7)
+    on_cpu = transform_gaussians(gaussians_of(model, drop_invisible=False), move)
+    on_cuda = transform_gaussians(gaussians_of(model.to(CUDA), drop_invisible=False), move)
+    for name in ("means", "scales", "quats", "features_rest"):
+        assert getattr(on_cuda, name).device.type == "cuda"
+        torch.testing.assert_close(getattr(on_cuda, name).cpu(), getattr(on_cpu, name))
+
+
+def test_an_empty_crop_box_renders_the_background_on_cuda():
+    from nerfstudio.data.scene_box import OrientedBox
+
+    model = make_model(TeacherModelConfig(num_downscales=0, background_color="white"), 200).to(CUDA).eval()
+    far = torch.tensor([100.0, 100.0, 100.0])
+    model.crop_box = OrientedBox(R=torch.eye(3), T=far, S=torch.ones(3))  # on the CPU, as the viewer makes it
+    outputs = model.get_outputs(look_at_camera(POSITIONS[0], size=SIZE).to(CUDA))
+    assert outputs["rgb"].device.type == "cuda" and outputs["background"].device.type == "cuda"

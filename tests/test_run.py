@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import REPO_ROOT
 
 from distilled3dgs_ns import run as run_module
@@ -562,3 +563,22 @@ def test_a_failed_teacher_check_names_the_run_options_that_fix_it(tmp_path, monk
     assert "--teacher-steps" in message and "more than 40" in message
     assert "--redo teacher-standard teacher-dropout" in message
     assert f'--student-args="{TEACHER_CHECK_OPTION} ' in message and "--redo student" not in message
+
+
+def test_the_run_evaluates_on_its_own_device(tmp_path, monkeypatch):
+    """--device-type cpu on a machine with CUDA trained on the CPU but evaluated on CUDA (the report said cpu)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked: dict[str, str | None] = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load(config, data=None, test_mode="test", device=None):
+        asked["device"] = device
+        raise Loaded
+
+    monkeypatch.setattr(run_module, "load_pipeline", load)
+    run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out", device_type="cpu"), log=lambda _: None)
+    with pytest.raises(Loaded):
+        run.stage_eval("teacher-standard", {"fingerprint": "f", "config": str(tmp_path / "config.yml")}, student=False)
+    assert asked["device"] == "cpu"

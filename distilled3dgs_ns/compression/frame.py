@@ -112,20 +112,20 @@ def transform_gaussians(gaussians: CompactGaussians, move: Similarity) -> Compac
     if move.is_identity:
         return gaussians
     g = gaussians
-    dtype = g.means.dtype
+    # in float64 on the CPU, where the move lives (a model on CUDA; MPS has no float64), then back to the model's
     rotation, translation = move.rotation.to(torch.float64), move.translation.to(torch.float64)
-    means = move.scale * (g.means.to(torch.float64) @ rotation.T + translation)
-    quats = _multiply(_quaternion(rotation), torch.nn.functional.normalize(g.quats.to(torch.float64), dim=-1))
+    means = move.scale * (g.means.cpu().double() @ rotation.T + translation)
+    quats = _multiply(_quaternion(rotation), torch.nn.functional.normalize(g.quats.cpu().double(), dim=-1))
     rest, codebook = g.features_rest, g.codebook
     if g.sh_degree > 0:
-        turn = sh_rotation(rotation, g.sh_degree).to(dtype)
+        turn = sh_rotation(rotation, g.sh_degree).to(g.features_rest)
         rest = torch.einsum("jk,nkc->njc", turn, g.features_rest)
-        codebook = torch.einsum("jk,nkc->njc", turn, g.codebook) if g.codebook.numel() else g.codebook
+        codebook = torch.einsum("jk,nkc->njc", turn.to(g.codebook), g.codebook) if g.codebook.numel() else g.codebook
     return replace(
         g,
-        means=means.to(dtype),
+        means=means.to(g.means),
         scales=g.scales + math.log(move.scale),
-        quats=quats.to(dtype),
+        quats=quats.to(g.quats),
         features_rest=rest,
         codebook=codebook,
         quantisation=None,
