@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py                 # everything (about 10 minutes on one GPU)
     python benchmarks/gpu_check.py --no-training   # the rasteriser tables only
 
-Run ``python -m pytest -q tests/test_cuda.py`` before it on a GPU machine (the CUDA path's tests, skipped elsewhere).
+It starts with the CUDA path's tests (tests/test_cuda.py, skipped on machines without CUDA), as a row.
 
 On a machine without CUDA it still runs (the CUDA rows say "no GPU"), so it is tested on the CPU. Each row is printed
 (and written to <output-dir>/gpu_check.md) as soon as it is measured; a backend or training that fails, or a training
@@ -41,7 +41,8 @@ from teacher_cpu import run as train_teacher
 from distilled3dgs_ns.rasterization import gsplat_problem, rasterization
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lego-100"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "lego-100"
 
 
 @dataclass
@@ -250,6 +251,25 @@ def training_table(args: Args, out: Path, deadline: float) -> Iterator[str]:
     yield attempt("demo (teachers + student), student row", out / "logs" / "demo.log", deadline, train_demo(out))
 
 
+def cuda_tests(out: Path, deadline: float, cuda: bool) -> Iterator[str]:
+    """The CUDA path's tests (tests/test_cuda.py), their summary line as a row (``cuda``: whether to run them)."""
+    yield from ["| tests | result |", "|---|---|"]
+    if not cuda:
+        yield "| tests/test_cuda.py | no GPU |"
+        return
+    log = out / "logs" / "test_cuda.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tests = REPO_ROOT / "tests" / "test_cuda.py"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)]
+    try:
+        run_group(command, log, max(30.0, min(180.0, deadline - time.perf_counter())))
+        yield f"| tests/test_cuda.py | {last_line(log)} |"
+    except subprocess.TimeoutExpired:
+        yield f"| tests/test_cuda.py | stopped at its time limit (log: {log}) |"
+    except (subprocess.CalledProcessError, OSError) as error:
+        yield f"| tests/test_cuda.py | {one_line(error)}: {last_line(log)} (log: {log}) |"
+
+
 def main() -> None:
     args = tyro.cli(Args)
     deadline = time.perf_counter() + args.budget_s
@@ -271,6 +291,7 @@ def main() -> None:
         gsplat = gsplat_problem() or f"ok ({time.perf_counter() - start:.0f} s to load)"
         emit(f"torch {torch.__version__} (CUDA {torch.version.cuda}); device: {cuda}; gsplat: {gsplat}")
         tables = (
+            lambda: cuda_tests(out, deadline, torch.cuda.is_available()),
             lambda: agreement_table(scene, args),
             lambda: timing_table(scene, args),
             lambda: training_table(args, out, deadline),

@@ -27,6 +27,7 @@ def test_gpu_check_runs_without_a_gpu():
     assert row and float(row.group(1)) > 50  # the shared reference: within ~57 dB for a correct rasteriser
     assert all(float(c) > 0.998 for c in row.group(2).split(" | "))
     assert "| gsplat, CUDA | no GPU |" in out and "| demo student | no GPU |" in out
+    assert "| tests/test_cuda.py | no GPU |" in out
     assert re.search(r"^\| torch, CPU \| 20000 \| [\d.]+ \| [\d.]+ \|$", out, re.MULTILINE)
 
 
@@ -104,3 +105,10 @@ def test_a_backend_that_fails_on_the_reference_scene_is_a_row_not_a_crash(gpu_ch
         + " |" * len(gpu_check.PARAMS)
         in lines
     )
+
+
+def test_the_cuda_tests_row_runs_them_and_reports_their_summary(gpu_check, tmp_path):
+    rows = list(gpu_check.cuda_tests(tmp_path, time.perf_counter() + 300, cuda=True))
+    expected = "skipped" if not torch.cuda.is_available() else "passed"
+    assert rows[2].startswith("| tests/test_cuda.py | ") and expected in rows[2], rows
+    assert (tmp_path / "logs" / "test_cuda.log").is_file()
