@@ -270,6 +270,19 @@ class RunConfig:
         if len(set(self.variants)) != len(self.variants):
             raise RunSetupError(f"--variants lists a variant twice: {' '.join(self.variants)}")
 
+    def early_cut_warning(self) -> str | None:
+        """Why a student from its own points will likely end poorly with these budget cuts (None: no reason)."""
+        if self.student_init != "random" or self.student_budget_share is None:
+            return None
+        if self.student_budget_at >= self.no_kd_budget_at:
+            return None
+        return (
+            f"--student-init random with budget cuts from {self.student_budget_at:.0%} of the run: a start from the "
+            "model's own points has not grown by then (demo, 3000 steps: 29.85 dB cut from 10% against 32.22 from "
+            f"30%); pass --student-budget-at {self.no_kd_budget_at} --student-budget-until {self.no_kd_budget_until}, "
+            "baseline-no-kd's window"
+        )
+
     @property
     def student_is_no_kd(self) -> bool:
         """With no teacher terms and its own start, the student's recipe is baseline-no-kd's: its row is the
@@ -932,6 +945,8 @@ class Run:
 
             torch.set_num_threads(cfg.threads)
         self.check_all_options(data)
+        if cfg.early_cut_warning():
+            self.log(f"Warning: {cfg.early_cut_warning()}")
         trained = self.train_stages(self.teacher_trainings(), data, gpus)
         teacher_configs = [Path(trained[name]["config"]) for name in self.teacher_stages()]
         standard = trained[self.standard_stage()]

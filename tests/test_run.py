@@ -582,3 +582,14 @@ def test_the_run_evaluates_on_its_own_device(tmp_path, monkeypatch):
     with pytest.raises(Loaded):
         run.stage_eval("teacher-standard", {"fingerprint": "f", "config": str(tmp_path / "config.yml")}, student=False)
     assert asked["device"] == "cpu"
+
+
+def test_a_random_start_cut_before_it_grew_is_warned_of(tmp_path):
+    def config(*options: str) -> RunConfig:
+        return parse_config(["--preset", "demo", "--data", str(tmp_path), "--output-dir", str(tmp_path), *options])
+
+    warning = config("--student-init", "random").early_cut_warning()
+    assert warning is not None and "from 5% of the run" in warning
+    assert "--student-budget-at 0.3 --student-budget-until 0.6" in warning
+    assert config().early_cut_warning() is None  # the teacher's start is grown already
+    assert config("--student-init", "random", "--student-budget-at", "0.3").early_cut_warning() is None
