@@ -74,9 +74,12 @@ def e2e_scene(scratch: Path) -> Path:
     return write_embedded_scene(scratch / "embedded", EmbeddedSceneConfig(image_size=64))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run an ns-* command as a user would (LPIPS off: offline), failing the test with its output."""
-    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1"}
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run an ns-* command as a user would (LPIPS off: offline), failing the test with its output; ``env`` adds
+    variables."""
+    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1", **(env or {})}
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result

@@ -5,7 +5,6 @@ ns-eval run through on the fallback, each warning once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import e2e_scene, look_at_camera, make_model
+from helpers import e2e_scene, look_at_camera, make_model, run_cli
 
 from distilled3dgs_ns.rasterization import backend
 from distilled3dgs_ns.rasterization.backend import GsplatUnavailable, choose_backend, gsplat_problem
@@ -100,11 +99,7 @@ FALLBACK_WARNING = "rendering with the pure-PyTorch rasteriser instead"
 
 def _run_with_failed_build(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``command`` as a user runs it, every warning printed each time it is raised (the "once" is ours to keep)."""
-    env = {**os.environ, "COLUMNS": "200", "DISTILLED3DGS_NO_LPIPS": "1", "PYTHONWARNINGS": "always"}
-    args = [sys.executable, "-c", _SIMULATED_FAILURE, *command]
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_cli([sys.executable, "-c", _SIMULATED_FAILURE, *command], cwd, env={"PYTHONWARNINGS": "always"})
 
 
 @pytest.mark.slow
