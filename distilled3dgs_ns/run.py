@@ -945,8 +945,8 @@ class Run:
 
             torch.set_num_threads(cfg.threads)
         self.check_all_options(data)
-        if cfg.early_cut_warning():
-            self.log(f"Warning: {cfg.early_cut_warning()}")
+        if warning := cfg.early_cut_warning():
+            self.log(f"Warning: {warning}")
         trained = self.train_stages(self.teacher_trainings(), data, gpus)
         teacher_configs = [Path(trained[name]["config"]) for name in self.teacher_stages()]
         standard = trained[self.standard_stage()]
