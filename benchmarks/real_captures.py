@@ -1,0 +1,190 @@
+"""Build the real photo captures the method is tuned and judged on, small enough for a CPU.
+
+Synthetic scenes have exact poses, constant exposure and no clutter; the teachers overfit real photos in ways they
+never show (docs/results.md, "Real captures"). Neither source licenses redistribution of its photos, so the project
+ships this script, not the images: it reads a checkout (or bare git directory) of the public repository, or clones it
+when none is given, downsizes the photos and writes a nerfstudio-data folder.
+
+- ``fox``: 50 handheld photos of a fox figure in a room (NVlabs/instant-ngp, data/nerf/fox, NVIDIA Source Code
+  License: non-commercial research), with the capture's own poses (transforms.json).
+- ``monstree``: 23 photos around a tree outdoors, unbounded (alicevision/dataset_monstree, full/), posed here by
+  ``ns-process-data images`` with Debian's COLMAP (``--matching-method exhaustive``: the default vocabulary tree is a
+  download and fails offline), so the scene has COLMAP's sparse points (sparse_pc.ply) and tests the SfM start.
+
+    python benchmarks/real_captures.py fox --output-dir data/real/fox
+    python benchmarks/real_captures.py monstree --source /path/to/dataset_monstree --output-dir data/real/monstree
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Capture:
+    repository: str
+    folder: str
+    posed: bool  # the source has poses (transforms.json); otherwise COLMAP poses it
+    width: int  # training width in pixels; height follows the photos' aspect
+
+
+CAPTURES = {
+    "fox": Capture("NVlabs/instant-ngp", "data/nerf/fox", posed=True, width=90),
+    "monstree": Capture("alicevision/dataset_monstree", "full", posed=False, width=160),
+}
+COLMAP_WIDTH = 480  # photos are posed at this width: enough features, minutes on 2 cores
+
+
+class Source:
+    """Files of a repository, from a work tree or a bare git directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bare = not (root / ".git").exists() and (root / "HEAD").exists()
+
+    def list(self, folder: str) -> list[str]:
+        if not self.bare:
+            return sorted(str(p.relative_to(self.root)) for p in (self.root / folder).rglob("*") if p.is_file())
+        out = subprocess.run(
+            ["git", "--git-dir", str(self.root), "ls-tree", "-r", "--name-only", "HEAD", folder + "/"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return sorted(out.split())
+
+    def read(self, path: str) -> bytes:
+        if not self.bare:
+            return (self.root / path).read_bytes()
+        return subprocess.run(
+            ["git", "--git-dir", str(self.root), "show", f"HEAD:{path}"], check=True, capture_output=True
+        ).stdout
+
+
+def clone(repository: str, into: Path) -> Path:
+    target = into / repository.replace("/", "+")
+    if not target.exists():
+        print(f"cloning {repository} into {target}", flush=True)
+        subprocess.run(["git", "clone", "--depth", "1", f"https://github.com/{repository}", str(target)], check=True)
+    return target
+
+
+def photos(source: Source, folder: str) -> dict[str, Image.Image]:
+    """Every readable JPEG/PNG under folder (a bare mirror may lack some large blobs)."""
+    images = {}
+    for path in source.list(folder):
+        if Path(path).suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+            continue
+        try:
+            images[path] = Image.open(io.BytesIO(source.read(path))).convert("RGB")
+        except (subprocess.CalledProcessError, OSError):  # a mirror without the blob, or not an image
+            print(f"skipping {path}: not readable", file=sys.stderr)
+    return images
+
+
+def resize(image: Image.Image, width: int) -> Image.Image:
+    height = round(image.height * width / image.width)
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def scale_intrinsics(meta: dict, factor: float, width: int, height: int) -> None:
+    """Pinhole terms scale with the image; OpenCV distortion terms are in normalised coordinates and do not."""
+    for key in ("fl_x", "fl_y", "cx", "cy"):
+        if key in meta:
+            meta[key] = meta[key] * factor
+    meta["w"], meta["h"] = width, height
+
+
+def downsize_folder(folder: Path, width: int) -> None:
+    """Rewrite a nerfstudio-data folder's images at `width` (PNG, lossless) and its intrinsics to match."""
+    meta = json.loads((folder / "transforms.json").read_text())
+    factor = None
+    for frame in meta["frames"]:
+        path = folder / frame["file_path"]
+        image = Image.open(path).convert("RGB")
+        small = resize(image, width)
+        factor = small.width / image.width
+        path.unlink()
+        frame["file_path"] = str(Path(frame["file_path"]).with_suffix(".png"))
+        small.save(folder / frame["file_path"])
+        if "fl_x" in frame:
+            scale_intrinsics(frame, factor, small.width, small.height)
+    if "fl_x" in meta and factor is not None:
+        scale_intrinsics(meta, factor, small.width, small.height)
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=2))
+
+
+def build_posed(source: Source, capture: Capture, output: Path, width: int) -> None:
+    meta = json.loads(source.read(f"{capture.folder}/transforms.json"))
+    (output / "images").mkdir(parents=True)
+    present = set(source.list(capture.folder))
+    frames = []
+    for frame in meta["frames"]:
+        path = f"{capture.folder}/{frame['file_path']}"
+        if path not in present:  # the published transforms.json names a few photos the repository lacks
+            print(f"skipping {path}: not in the repository", file=sys.stderr)
+            continue
+        name = Path(frame["file_path"]).name
+        (output / "images" / name).write_bytes(source.read(path))
+        frame["file_path"] = f"images/{name}"
+        frame.pop("sharpness", None)
+        frames.append(frame)
+    meta["frames"] = frames
+    for key in ("aabb_scale", "scale", "offset", "camera_angle_x", "camera_angle_y"):
+        meta.pop(key, None)
+    meta["camera_model"] = "OPENCV"
+    (output / "transforms.json").write_text(json.dumps(meta, indent=2))
+    downsize_folder(output, width)
+
+
+def build_colmap(source: Source, capture: Capture, output: Path, width: int) -> None:
+    for tool in ("colmap", "ffmpeg"):  # ns-process-data copies the photos with ffmpeg
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: `apt-get install colmap ffmpeg` (Debian's COLMAP 3.8 works offline).")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "photos"
+        raw.mkdir()
+        for path, image in photos(source, capture.folder).items():
+            resize(image, COLMAP_WIDTH).save(raw / (Path(path).stem + ".jpg"), quality=95)
+        print(f"posing {len(list(raw.iterdir()))} photos with COLMAP (exhaustive matching, CPU)", flush=True)
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+        command = ["ns-process-data", "images", "--data", str(raw), "--output-dir", str(output)]
+        command += ["--matching-method", "exhaustive", "--no-gpu", "--num-downscales", "0"]
+        subprocess.run(command, check=True, env=env)
+    downsize_folder(output, width)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("capture", choices=sorted(CAPTURES))
+    parser.add_argument("--output-dir", type=Path, required=True, help="the nerfstudio-data folder to write")
+    parser.add_argument("--source", type=Path, help="a checkout or bare git directory of the capture's repository")
+    parser.add_argument("--clone-dir", type=Path, default=Path("data/sources"), help="where to clone without --source")
+    parser.add_argument("--width", type=int, help="training width in pixels (the capture's default otherwise)")
+    args = parser.parse_args(argv)
+    capture = CAPTURES[args.capture]
+    if args.output_dir.exists():
+        sys.exit(f"{args.output_dir} exists: remove it or choose another --output-dir.")
+    source = Source(args.source or clone(capture.repository, args.clone_dir))
+    start = time.perf_counter()
+    build = build_posed if capture.posed else build_colmap
+    build(source, capture, args.output_dir, args.width or capture.width)
+    frames = len(json.loads((args.output_dir / "transforms.json").read_text())["frames"])
+    print(f"{args.capture}: {frames} posed photos in {args.output_dir} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
