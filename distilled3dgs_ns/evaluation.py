@@ -27,6 +27,7 @@ from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel
 from distilled3dgs_ns.progress import progress_bar
 
 METRIC_KEYS = ("psnr", "ssim", "lpips", "depth_abs_rel")
+Split = Literal["test", "train"]
 
 
 @dataclass
@@ -50,6 +51,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def training_views(datamanager: Any) -> list[tuple[Any, dict]]:
+    """The training views as (camera, batch) pairs, as ``fixed_indices_eval_dataloader`` gives the test views."""
+    cameras = datamanager.train_dataset.cameras.to(datamanager.device)
+    views = []
+    for index, cached in enumerate(datamanager.cached_train):
+        batch = {**cached, "image": cached["image"].to(datamanager.device)}
+        views.append((cameras[index : index + 1], batch))
+    return views
+
+
 @torch.no_grad()
 def evaluate_pipeline(
     pipeline: Any,
@@ -59,8 +70,10 @@ def evaluate_pipeline(
     label: str = "evaluating",
     keep_rgb: bool = False,
     reference: list[torch.Tensor] | None = None,
+    split: Split = "test",
 ) -> Evaluation:
-    """Render every test view of ``pipeline`` (nerfstudio ``eval_setup`` with ``test_mode="test"``).
+    """Render every view of ``split`` (nerfstudio ``eval_setup`` with ``test_mode="test"``): the test views, or the
+    training views, whose PSNR beside the test views' is the model's generalisation gap.
 
     Quality comes from the model's own ``get_image_metrics_and_images`` (what ``ns-eval`` averages). The render time is
     the median over views of ``render_repeats`` timed renders each, after the untimed metric render has warmed up.
@@ -71,11 +84,12 @@ def evaluate_pipeline(
     if not isinstance(model, PortableSplatfactoModel):
         raise TypeError(f"expected a distilled3dgs model, got {type(model).__name__}")
     model.eval()
-    views = pipeline.datamanager.fixed_indices_eval_dataloader
+    datamanager = pipeline.datamanager
+    views = training_views(datamanager) if split == "train" else datamanager.fixed_indices_eval_dataloader
     if max_views is not None:
         views = views[:max_views]
     if not views:
-        raise ValueError("the dataset has no test views to evaluate on")
+        raise ValueError(f"the dataset has no {split} views to evaluate on")
     per_view: dict[str, list[float]] = {}
     times: list[float] = []
     result = Evaluation(figures={})
@@ -132,6 +146,8 @@ class EvalCommand:
     """Evaluate only the first N test views (default: all)."""
     render_repeats: int = 3
     """Timed renders per view for the render time (median)."""
+    split: Split = "test"
+    """Which views: test, or train (the training views: beside the test figures, how much the model overfits)."""
 
     def main(self) -> dict[str, Any]:
         pipeline = load_pipeline(self.load_config)
@@ -145,8 +161,8 @@ class EvalCommand:
                 gaussians = from_capture(gaussians, Similarity.of_run(self.load_config))
             apply_to_model(pipeline.model, gaussians)
             source = str(self.compact)
-        result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats)
-        figures: dict[str, Any] = {"source": source, **result.figures}
+        result = evaluate_pipeline(pipeline, self.max_views, render_repeats=self.render_repeats, split=self.split)
+        figures: dict[str, Any] = {"source": source, "split": self.split, **result.figures}
         if self.compact is not None:
             figures["size_mb"] = self.compact.stat().st_size / 1e6
         text = json.dumps(figures, indent=2)

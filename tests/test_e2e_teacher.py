@@ -152,3 +152,17 @@ def test_a_copied_run_folder_loads_its_own_checkpoint(trained, workdir, tmp_path
     ]
     result = run_cli(args, cwd=workdir)
     assert f"Loaded {copy / 'nerfstudio_models'}" in result.stdout
+
+
+def test_eval_on_the_training_views_gives_the_generalisation_gap(scene, trained, workdir, tmp_path):
+    """--split train renders every training view (and only those): a teacher's gap is its train minus test PSNR."""
+    figures = {}
+    for split in ("train", "test"):
+        out = tmp_path / f"{split}.json"
+        args = ["distilled3dgs-eval", "--load-config", str(trained["standard"]), "--render-repeats", "0"]
+        run_cli([*args, "--split", split, "--output-path", str(out)], cwd=workdir)
+        figures[split] = json.loads(out.read_text())
+    meta = {split: json.loads((scene / f"transforms_{split}.json").read_text()) for split in figures}
+    for split, values in figures.items():
+        assert values["split"] == split and values["num_views"] == len(meta[split]["frames"])
+    assert figures["train"]["psnr"] != figures["test"]["psnr"] and figures["train"]["psnr"] > 5  # 40 steps: about 10 dB
