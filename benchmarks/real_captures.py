@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,17 +82,18 @@ def clone(repository: str, into: Path) -> Path:
     return target
 
 
-def photos(source: Source, folder: str) -> dict[str, Image.Image]:
-    """Every readable JPEG/PNG under folder (a bare mirror may lack some large blobs)."""
-    images = {}
+def photos(source: Source, folder: str, width: int) -> Iterator[tuple[str, Image.Image]]:
+    """Every readable JPEG/PNG under folder at ``width``, one at a time (a full-size photo is tens of MB decoded; a
+    bare mirror may lack some large blobs)."""
     for path in source.list(folder):
         if Path(path).suffix.lower() not in {".jpg", ".jpeg", ".png"}:
             continue
         try:
-            images[path] = Image.open(io.BytesIO(source.read(path))).convert("RGB")
+            image = Image.open(io.BytesIO(source.read(path))).convert("RGB")
         except (subprocess.CalledProcessError, OSError):  # a mirror without the blob, or not an image
             print(f"skipping {path}: not readable", file=sys.stderr)
-    return images
+            continue
+        yield path, resize(image, width)
 
 
 def resize(image: Image.Image, width: int) -> Image.Image:
@@ -156,8 +158,8 @@ def build_colmap(source: Source, capture: Capture, output: Path, width: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "photos"
         raw.mkdir()
-        for path, image in photos(source, capture.folder).items():
-            resize(image, COLMAP_WIDTH).save(raw / (Path(path).stem + ".jpg"), quality=95)
+        for path, image in photos(source, capture.folder, COLMAP_WIDTH):
+            image.save(raw / (Path(path).stem + ".jpg"), quality=95)
         print(f"posing {len(list(raw.iterdir()))} photos with COLMAP (exhaustive matching, CPU)", flush=True)
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
         command = ["ns-process-data", "images", "--data", str(raw), "--output-dir", str(output)]

@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-DATAPARSERS = ("nerfstudio-data", "blender-data", "colmap", "dnerf-data", "phototourism-data", "instant-ngp-data")
+from nerfstudio.configs.dataparser_configs import all_dataparsers
+
+DATAPARSERS = frozenset(all_dataparsers)
+"""ns-train's dataparser subcommands (plugins' too), which end the method's options on its command line."""
 
 
 def student_command(run: Path) -> list[str]:
