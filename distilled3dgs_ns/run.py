@@ -107,8 +107,8 @@ class SplatfactoSchedule:
     """Densify / cull every this many steps (a step count: it sets how many images the statistics average over)."""
     lr_decay_length: float = 1.0
     """The position (and camera / bilateral-grid) learning rates reach their final values at this multiple of the run:
-    1 is 3DGS's schedule over the whole run. Short runs do better with slower decay: 10 (splatfacto's 30k-step decay
-    in a 3k-step run) gave a lego-100 teacher 32.99 instead of 31.90 dB at 3k steps."""
+    1 is 3DGS's schedule over the whole run. Short runs do better with slower decay (10: splatfacto's 30k-step decay
+    in a 3k-step run), since positions stay mobile for longer (docs/results.md)."""
 
     def options(self, steps: int) -> list[str]:
         """ns-train options for a run of ``steps`` steps (learning-rate decays end at the end of the run too)."""
@@ -181,24 +181,25 @@ class RunConfig:
     of what is left: gradual pruning lets the survivors adapt between cuts."""
     student_prune_score: PruneScore = "blending-weight"
     """What the student's prunes rank by (--pipeline.model.prune-score): blending-weight (the paper's),
-    top-contributions (the pixels where a Gaussian contributes most: +0.08 dB on the demo, +0.04 dB on lego-100 at
-    the same count) or global-significance."""
+    top-contributions (the pixels where a Gaussian contributes most: a Gaussian that dominates a few pixels outranks
+    one that adds a little everywhere) or global-significance (LightGaussian's)."""
     student_sparsity: float = 0.0
     """Weight of an L1 on the student's opacities until its last cut (--pipeline.model.sparsity-weight), so the
-    Gaussians the image can do without fade before the cuts remove them: 0.03 gave +0.29 dB on the demo and +0.36 dB
-    on lego-100 at the same count (0.1: -0.34 dB). 0: off."""
+    Gaussians the image can do without fade before the cuts remove them, and the cuts take those rather than ones
+    still needed (values measured: docs/results.md). 0: off."""
     teacher_terms: TeacherTerms = "paper"
-    """What the student learns from the teachers besides its start (README "Is the student worth it?"). paper: the
-    blend beside the ground truth on training views and the geometry loss; novel-views: the blend only on poses
-    between training cameras (a quarter of the steps), where the ground truth has no image (+0.17 dB on 12 views);
-    none: the ground truth alone (with --student-init teacher the teacher still gives the start). On captures with
-    dense views every term costs 0.15-0.25 dB: the demo and cpu presets use none."""
+    """What the student learns from the teachers besides its start. paper: the blend beside the ground truth on
+    training views and the geometry loss; novel-views: the blend only on poses between training cameras (a quarter
+    of the steps), where the ground truth has no image, which can pay on sparse views; none: the ground truth alone
+    (with --student-init teacher the teacher still gives the start). Where the views are dense, or the teachers
+    overfit (real photos), every term costs the student: the demo, cpu and capture presets use none
+    (docs/results.md)."""
     student_init: Literal["random", "teacher"] = "random"
     """Where the student starts: random, the model's own initial points (then densify-then-prune); teacher, the
     standard teacher's Gaussians, all SH bands on from the start, cut to the budget by the staged count cuts."""
     depth: Literal["off", "auto", "relative", "metric"] = "off"
     """Depth supervision of the teachers, as the official code trains them (inverse-depth L1 against per-image depth
-    maps given by nerfstudio's depth_file_path, see the README's "Depth maps"): relative, monocular maps
+    maps given by nerfstudio's depth_file_path, see docs/usage.md, "Depth maps"): relative, monocular maps
     (Depth-Anything-V2 or any estimator) fitted per image to the dataparser's sparse points; metric, depth in the
     dataparser's units; auto, relative where the data has depth maps, else off."""
     depth_weight: float = 1.0
@@ -222,7 +223,7 @@ class RunConfig:
     single-threaded trainings use the cores better than one multi-threaded training."""
     threads: int | None = None
     """Most CPU threads per process (default: the cores divided among the --jobs trainings). Each training and
-    evaluation uses fewer while other programs keep cores busy (see "Training beside other work" in the README)."""
+    evaluation uses fewer while other programs keep cores busy (docs/performance.md, "Training beside other work")."""
     save_every: int = 2000
     """Checkpoint period of every training, in steps: the most a crash can lose."""
     eval_views: int | None = None
@@ -233,10 +234,10 @@ class RunConfig:
     """Timed renders per test view for the render time (median)."""
     compact: bool = True
     """Also write and evaluate the student's compact file (export/student.compact: fixed point, every SH from a
-    codebook, fine-tuned; about 0.65x the bytes of its SPZ at a smaller loss)."""
+    codebook, fine-tuned; smaller than its SPZ at a smaller loss: docs/formats.md)."""
     compact_finetune_steps: int = 2000
     """Fine-tuning steps of the compact file (codebook and the other attributes train on the training views with
-    the code assignment fixed); 0: none (the demo student then loses about 0.6 dB instead of 0.2)."""
+    the code assignment fixed); 0: none (the codebook then costs several times the loss: docs/formats.md)."""
     viewer_formats: tuple[ViewerFormat, ...] = ("spz", "compressed-ply", "splat")
     """Also write the student in these viewer formats (export/student.spz...) and evaluate each file; the option
     with no value writes none."""

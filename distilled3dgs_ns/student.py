@@ -88,8 +88,8 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     prune_score: PruneScore = "blending-weight"
     """What every prune event ranks the Gaussians by, over the training views: blending-weight, each Gaussian's
     accumulated alpha * transmittance (Distilled-3DGS, Mini-Splatting); top-contributions, the pixels where it has
-    the largest alpha * transmittance (Mini-Splatting's area_max; ties by blending weight): +0.08 dB on the demo
-    student and +0.04 dB on lego-100 over blending-weight at the same count; global-significance, LightGaussian's
+    the largest alpha * transmittance (Mini-Splatting's area_max; ties by blending weight), which keeps what
+    changes pixels most at a budget; global-significance, LightGaussian's
     hit count * opacity * normalised volume ^ significance_beta."""
     significance_beta: float = 0.1
     """Volume exponent of the global significance (LightGaussian: 0.1; 0 ranks by hit count * opacity)."""
@@ -124,7 +124,8 @@ class StudentModelConfig(PortableSplatfactoModelConfig):
     (largest alpha * T) of no training pixel scores 0, so it goes first (the official student's)."""
     prune_fresh_optimizer: bool = False
     """Restart Adam (empty moments) after every prune, as the official code's training_setup does (the sampling
-    prune with prune_reinitialize always restarts it). Off by default: on the demo scene it cost 0.4 dB."""
+    prune with prune_reinitialize always restarts it). Off by default: moments
+    that survive a cut cost less than a cold restart in short runs (docs/results.md)."""
     prune_seed: int = 0
     """Seed of the importance sampling."""
     reset_opacity: bool = False

@@ -25,7 +25,7 @@ class VQOptions:
     vq_share: float = 1.0
     """Share of the Gaussians, least significant first, whose SH rest coefficients are replaced by a codebook entry;
     the others keep theirs at 8 bits (45 bytes at SH degree 3, against about 1 for an index). With every SH from the
-    codebook and 2000 fine-tuning steps, the demo student's file is 0.66x its SPZ at a smaller loss (README)."""
+    codebook and the fine-tuning, the file is below its SPZ's size at a smaller loss (docs/formats.md)."""
     codebook_size: int = 0
     """Codes in the K-means codebook; 0: three per square root of the quantised vectors, at most LightGaussian's 8192
     (see ``default_codebook_size``)."""
