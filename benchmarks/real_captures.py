@@ -1,9 +1,9 @@
 """Build the real photo captures the method is tuned and judged on, small enough for a CPU.
 
 Synthetic scenes have exact poses, constant exposure and no clutter; the teachers overfit real photos in ways they
-never show (docs/results.md, "Real captures"). Neither source licenses redistribution of its photos, so the project
-ships this script, not the images: it reads a checkout (or bare git directory) of the public repository, or clones it
-when none is given, downsizes the photos and writes a nerfstudio-data folder.
+never show (docs/results.md, "Real photo captures"). Neither source licenses redistribution of its photos, so the
+project ships this script, not the images: it reads a checkout (or bare git directory) of the public repository, or
+clones it when none is given, downsizes the photos and writes a nerfstudio-data folder.
 
 - ``fox``: 50 handheld photos of a fox figure in a room (NVlabs/instant-ngp, data/nerf/fox, NVIDIA Source Code
   License: non-commercial research), with the capture's own poses (transforms.json).
