@@ -765,16 +765,21 @@ class Run:
         """Where the standard teacher's config.yml is (or will be)."""
         return self.runs / self.standard_stage() / TEACHER_METHOD / TIMESTAMP / "config.yml"
 
-    def check_all_options(self, data: Path) -> None:
-        """Every training's command line parses (the baselines' with a stand-in count) before anything trains."""
-        standard = self.standard_config()
+    def planned_trainings(self, teacher_count: int, student_count: int) -> list[Training]:
+        """Every training of the run before any has run: the teachers' configs where they will be, the baselines at
+        stand-in counts for the teacher's and the student's results."""
         teachers = [self.runs / name / TEACHER_METHOD / TIMESTAMP / "config.yml" for name in self.teacher_stages()]
-        trainings = [*self.teacher_trainings(), self.student_training(teachers, 1)]
+        trainings = [*self.teacher_trainings(), self.student_training(teachers, teacher_count)]
         if self.config.baselines:
             # a stand-in for the student's result, with its schedule (its count cut, or the paper's last prune)
-            stand_in = StudentResult(1, self.config.student_budget_until, self.config.student_budget_share is not None)
-            trainings += self.baseline_trainings(standard, 1, stand_in)
-        for training in trainings:
+            has_cut = self.config.student_budget_share is not None
+            stand_in = StudentResult(student_count, self.config.student_budget_until, has_cut)
+            trainings += self.baseline_trainings(self.standard_config(), teacher_count, stand_in)
+        return trainings
+
+    def check_all_options(self, data: Path) -> None:
+        """Every training's command line parses (with stand-in counts) before anything trains."""
+        for training in self.planned_trainings(teacher_count=1, student_count=1):
             check_options(training, self.config, data, self.runs)
 
     # -- stages

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distilled3dgs_ns.presets import available_presets
-from distilled3dgs_ns.run import Run, StudentResult, ns_train_command, parse_config
+from distilled3dgs_ns.run import Run, ns_train_command, parse_config
 
 GOLDEN = Path(__file__).parent / "data" / "golden_commands"
 SCENE, OUT = Path("/SCENE"), Path("/OUT")
@@ -29,18 +29,8 @@ def preset_commands(preset: str) -> list[tuple[str, list[str]]]:
         ["--preset", preset, "--data", str(SCENE), "--output-dir", str(OUT), "--device-type", "cpu", "--baselines"]
     )
     run = Run(config, log=lambda _: None)
-    teachers = [run.runs / stage / "distilled3dgs-teacher" / "run" / "config.yml" for stage in run.teacher_stages()]
-    share = config.student_budget_share
-    student = StudentResult(
-        count=math.floor((share or 0.15) * TEACHER_COUNT),
-        last_prune_at=config.student_budget_until,
-        has_count_cut=share is not None,
-    )
-    trainings = [
-        *run.teacher_trainings(),
-        run.student_training(teachers, TEACHER_COUNT),
-        *run.baseline_trainings(run.standard_config(), TEACHER_COUNT, student),
-    ]
+    student_count = math.floor((config.student_budget_share or 0.15) * TEACHER_COUNT)
+    trainings = run.planned_trainings(TEACHER_COUNT, student_count)
     return [(t.stage, ns_train_command(t, config, SCENE, run.runs, None)) for t in trainings]
 
 
