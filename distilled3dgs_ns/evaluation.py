@@ -136,7 +136,7 @@ class EvalCommand:
     load_config: Path
     """config.yml of the trained model (teacher or student)."""
     compact: Path | None = None
-    """A file written by ``distilled3dgs-export compact``, or an SPZ, compressed PLY or .splat file
+    """A file written by ``distilled3dgs-export compact``, or a viewer file (SPZ, SOG, .glb, compressed PLY, .splat)
     (``distilled3dgs-export save``): evaluate it instead of the checkpoint's Gaussians."""
     frame: Literal["capture", "nerfstudio"] = "capture"
     """The frame of a viewer file given to --compact: as ``distilled3dgs-export save --frame`` wrote it."""

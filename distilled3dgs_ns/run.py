@@ -86,7 +86,7 @@ NOVEL_VIEWS = [
 ]  # fmt: skip
 """Student options for teacher supervision on novel poses only (teacher_terms novel-views)."""
 
-ViewerFormat = Literal["spz", "compressed-ply", "splat", "ply"]
+ViewerFormat = Literal["spz", "sog", "glb", "glb-spz", "compressed-ply", "splat", "ply"]
 """The names of ``compression.formats.FORMATS`` (importing it here would cost --help seconds; a test ties them)."""
 
 
@@ -238,9 +238,10 @@ class RunConfig:
     compact_finetune_steps: int = 2000
     """Fine-tuning steps of the compact file (codebook and the other attributes train on the training views with
     the code assignment fixed); 0: none (the codebook then costs several times the loss: docs/formats.md)."""
-    viewer_formats: tuple[ViewerFormat, ...] = ("spz", "compressed-ply", "splat")
+    viewer_formats: tuple[ViewerFormat, ...] = ("spz", "sog", "glb-spz", "compressed-ply", "splat")
     """Also write the student in these viewer formats (export/student.spz...) and evaluate each file; the option
-    with no value writes none."""
+    with no value writes none. sog is written from the compact file where there is one (its codebook becomes the
+    palette: docs/formats.md)."""
     baselines: bool = False
     """Also train and evaluate, at the student's final Gaussian count and step count, baseline-no-kd (the student's
     recipe without teachers: no teacher terms, and from the model's own points where the student starts from the
@@ -907,16 +908,18 @@ class Run:
         cfg = self.config
         dataparser = Similarity.of_run(config)
         files: dict[str, tuple[Path, float]] = {}
+        later = [kind for kind in cfg.viewer_formats if cfg.compact and FORMATS[kind].from_compact]
         gaussians = to_capture(gaussians_of(pipeline.model), dataparser)
         for kind in cfg.viewer_formats:
-            path, start = exports / f"student{FORMATS[kind].suffix}", time.perf_counter()
-            FORMATS[kind].write(path, gaussians)
-            files[kind] = (path, time.perf_counter() - start)
-        if cfg.compact:  # last: its fine-tuning leaves the model holding the compact scene
+            if kind not in later:
+                files[kind] = self.write_file(kind, exports, gaussians)
+        if cfg.compact:  # its fine-tuning leaves the model holding the compact scene: the formats built on it follow
             path, start = exports / "student.compact", time.perf_counter()
             options = CompactOptions(finetune=FinetuneOptions(steps=cfg.compact_finetune_steps))
             export_compact(pipeline, None, path, options)
             files["compact"] = (path, time.perf_counter() - start)
+            scene = to_capture(read_gaussians(path), dataparser)
+            files |= {kind: self.write_file(kind, exports, scene) for kind in later}
         rows: dict[str, dict[str, Any]] = {}
         for kind, (path, export_s) in files.items():
             decoded = read_gaussians(path, pipeline.model.config.sh_degree)
@@ -930,6 +933,15 @@ class Run:
             figures |= {"size_mb": path.stat().st_size / 1e6, "file": str(path), "train_s": train_s}
             rows[f"student-{kind}"] = figures | {"export_s": export_s}
         return rows
+
+    @staticmethod
+    def write_file(kind: str, exports: Path, gaussians: Any) -> tuple[Path, float]:
+        """Write the student as ``export/student<suffix>`` of format ``kind``; its path and the seconds it took."""
+        from distilled3dgs_ns.compression import FORMATS
+
+        path, start = exports / f"student{FORMATS[kind].suffix}", time.perf_counter()
+        FORMATS[kind].write(path, gaussians)
+        return path, time.perf_counter() - start
 
     # -- everything
 

@@ -10,9 +10,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from helpers import look_at_camera
-from test_compression import _model
-from test_spz import SPLAT_TRANSFORM, _read_back
+from helpers import SPLAT_TRANSFORM, look_at_camera, splat_transform_ply, textured_splat
 
 from distilled3dgs_ns.compression.cli import entrypoint
 from distilled3dgs_ns.compression.compact_format import SH_C0, CompactGaussians
@@ -31,7 +29,7 @@ from distilled3dgs_ns.run import ViewerFormat
 
 @pytest.fixture(scope="module")
 def model():
-    return _model(sh_degree=3, num_points=700)
+    return textured_splat(sh_degree=3, num_points=700)
 
 
 def _matched(g: CompactGaussians, back: CompactGaussians) -> CompactGaussians:
@@ -123,7 +121,7 @@ def test_truncated_or_plain_ply_is_named(model, tmp_path):
 def test_format_table_matches_the_option_and_suffixes():
     assert typing.get_args(FormatName) == tuple(FORMATS) == typing.get_args(ViewerFormat)  # run.py's copy
     assert format_of("a/Scene.COMPRESSED.ply") == "compressed-ply" and format_of("scene.ply") == "ply"
-    assert format_of("scene.glb") is None
+    assert format_of("scene.gltf") is None and format_of("scene.spz.glb") == "glb-spz"
 
 
 def test_save_command_writes_by_suffix_or_format(model, tmp_path, capsys):
@@ -132,15 +130,15 @@ def test_save_command_writes_by_suffix_or_format(model, tmp_path, capsys):
     entrypoint(["save", "--input", str(tmp_path / "out.spz"), "--output", str(tmp_path / "x.bin"), "--format", "splat"])
     assert (tmp_path / "x.bin").stat().st_size == 32 * gaussians_of(model).num_gaussians
     with pytest.raises(SystemExit) as exit_info:
-        entrypoint(["save", "--input", str(tmp_path / "out.spz"), "--output", str(tmp_path / "scene.glb")])
+        entrypoint(["save", "--input", str(tmp_path / "out.spz"), "--output", str(tmp_path / "scene.gltf")])
     assert exit_info.value.code == 2 and ".compressed.ply" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_splat_transform_reads_our_file(tmp_path):
-    g = gaussians_of(_model(sh_degree=3, num_points=600, seed=3))
+    g = gaussians_of(textured_splat(sh_degree=3, num_points=600, seed=3))
     write_compressed_ply(tmp_path / "scene.compressed.ply", g)
-    theirs = _read_back(tmp_path / "scene.compressed.ply", tmp_path)
+    theirs = splat_transform_ply(tmp_path / "scene.compressed.ply", tmp_path)
     ours = read_compressed_ply(tmp_path / "scene.compressed.ply")
     assert len(theirs["means"]) == g.num_gaussians
     assert np.abs(theirs["means"] - ours.means.numpy()).max() < 1e-5
@@ -151,7 +149,7 @@ def test_splat_transform_reads_our_file(tmp_path):
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_we_read_splat_transforms_file(tmp_path):
-    g = gaussians_of(_model(sh_degree=3, num_points=600, seed=4))
+    g = gaussians_of(textured_splat(sh_degree=3, num_points=600, seed=4))
     write_ply(tmp_path / "scene.ply", g)
     subprocess.run(
         [SPLAT_TRANSFORM, "-w", "-q", str(tmp_path / "scene.ply"), str(tmp_path / "theirs.compressed.ply")], check=True

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import look_at_camera, make_model
+from helpers import look_at_camera, make_model, textured_splat
 
 from distilled3dgs_ns.compression import (
     CompactFormatError,
@@ -46,22 +46,6 @@ ROTATION_DOT = 1 - 2e-4
 at most 0.0056 each, and the left-out one, recomputed from them, by at most 3 * 0.5 * 0.0056 / 0.5 = 0.0168 (all four
 0.5), give 1 - (3 * 0.0056^2 + 0.0168^2) / 2 = 1 - 1.9e-4; near-ties moved a step (see ``encode_rotations``) stay
 within it (worst of 200k random rotations: 1 - 1.5e-4)."""
-
-
-def _model(sh_degree: int = 3, num_points: int = 300, seed: int = 0):
-    """A tiny splat with non-trivial SH, a few invisible Gaussians, rendered at full SH degree."""
-    model = make_model(PortableSplatfactoModelConfig(num_downscales=0, sh_degree=sh_degree), num_points, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        params = model.gauss_params
-        params["features_rest"].copy_(0.3 * torch.randn(params["features_rest"].shape, generator=generator))
-        params["scales"].add_(0.3 * torch.randn(params["scales"].shape, generator=generator))
-        params["opacities"].copy_((3 * torch.randn(params["opacities"].shape, generator=generator)).clamp(-5.0, 8.0))
-        params["opacities"][:5] = -8.0  # below 1/255: dropped, as ns-export does
-        params["quats"].mul_(1.7)  # splatfacto does not keep them normalised
-    model.step = 100_000
-    model.eval()
-    return model
 
 
 def _scores(model) -> torch.Tensor:
@@ -194,7 +178,7 @@ def _half_steps(decoded: CompactGaussians) -> dict[str, torch.Tensor]:
 
 
 def test_round_trip_without_vq_is_exact_and_within_half_a_step(tmp_path):
-    model = _model()
+    model = textured_splat()
     params = model_params(model)
     gaussians, figures = _encode(model, vq_share=0.0)
     assert figures["num_dropped_invisible"] == 5 and gaussians.num_gaussians == 295 and gaussians.num_vq == 0
@@ -246,7 +230,7 @@ def test_position_bits_follow_the_gaussians_and_float32(tmp_path):
 
 
 def test_vq_rows_come_from_the_codebook_and_the_rest_is_int8(tmp_path):
-    model = _model()
+    model = textured_splat()
     params = model_params(model)
     gaussians, figures = _encode(model, vq_share=0.5, codebook_size=16)
     write_compact(tmp_path / "vq.compact", gaussians)
@@ -273,7 +257,7 @@ def test_vq_rows_come_from_the_codebook_and_the_rest_is_int8(tmp_path):
 
 def test_format_one_files_still_read():
     """``data/format1.compact`` was written by the float16 format (0a0c5fc's writer) from this seeded model."""
-    params = model_params(_model(sh_degree=1, num_points=40, seed=7))
+    params = model_params(textured_splat(sh_degree=1, num_points=40, seed=7))
     decoded = read_compact(Path(__file__).parent / "data" / "format1.compact")
     keep = params["opacities"].view(-1) > -6
     assert decoded.num_gaussians == int(keep.sum()) == 35 and decoded.num_vq == 18 and decoded.codebook_size == 4
@@ -286,12 +270,12 @@ def test_format_one_files_still_read():
 
 
 def test_sh_degree_zero_and_empty_models_round_trip(tmp_path):
-    model = _model(sh_degree=0)
+    model = textured_splat(sh_degree=0)
     gaussians, figures = _encode(model, vq_share=0.6)
     assert figures["num_vq"] == 0 and gaussians.features_rest.shape == (295, 0, 3)
     write_compact(tmp_path / "sh0.compact", gaussians)
     assert torch.equal(read_compact(tmp_path / "sh0.compact").features_dc, gaussians.features_dc)
-    empty = _model(num_points=5)  # all five are invisible
+    empty = textured_splat(num_points=5)  # all five are invisible
     gaussians, _ = _encode(empty, vq_share=0.6)
     write_compact(tmp_path / "empty.compact", gaussians)
     assert read_compact(tmp_path / "empty.compact").num_gaussians == 0
@@ -342,7 +326,7 @@ def _with_header(data: bytes, header: dict, version: int = FORMAT_VERSION) -> by
 
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory) -> bytes:
-    gaussians, _ = _encode(_model(), vq_share=0.5, codebook_size=8)
+    gaussians, _ = _encode(textured_splat(), vq_share=0.5, codebook_size=8)
     path = tmp_path_factory.mktemp("good") / "good.compact"
     write_compact(path, gaussians, "zlib")
     return path.read_bytes()
@@ -429,7 +413,7 @@ def test_consistent_lie_is_caught_by_the_payload_length(tmp_path, good_file):
 def test_trailing_bytes_bad_mask_positions_and_nan_are_refused(tmp_path, good_file):
     assert "unexpected bytes" in _damaged(tmp_path, good_file + b"\0\0")
     # an uncompressed file whose VQ mask marks one Gaussian more than the header says, checksum recomputed
-    gaussians, _ = _encode(_model(), vq_share=0.5, codebook_size=8)
+    gaussians, _ = _encode(textured_splat(), vq_share=0.5, codebook_size=8)
     path = tmp_path / "plain.compact"
     write_compact(path, gaussians, "none")
     data = bytearray(path.read_bytes())
@@ -499,7 +483,7 @@ def _ply(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
 
 @pytest.mark.parametrize("sh_degree", [3, 0])
 def test_decoded_ply_has_nerfstudios_layout(tmp_path, sh_degree):
-    model = _model(sh_degree=sh_degree)
+    model = textured_splat(sh_degree=sh_degree)
     theirs = _nerfstudio_layout(model)
     write_compact(tmp_path / "scene.compact", _encode(model, vq_share=0.0)[0])
     entrypoint(["decode", "--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "decoded.ply")])
@@ -525,7 +509,7 @@ def test_decoded_ply_has_nerfstudios_layout(tmp_path, sh_degree):
 
 
 def test_apply_to_model_renders_the_compact_scene(tmp_path):
-    model = _model()
+    model = textured_splat()
     before = [_render(model, position) for position in CAMERAS]
     write_compact(tmp_path / "scene.compact", _encode(model, vq_share=0.0)[0])
     apply_to_model(model, read_compact(tmp_path / "scene.compact"))
@@ -535,14 +519,14 @@ def test_apply_to_model_renders_the_compact_scene(tmp_path):
         # 8-bit scales, opacities and colours: a few 1/255 levels at worst, a tenth of one on average
         assert (rendered - expected).abs().max() < 0.02 and (rendered - expected).abs().mean() < 1e-3
     with pytest.raises(ValueError, match="SH degree"):
-        apply_to_model(_model(sh_degree=1), read_compact(tmp_path / "scene.compact"))
+        apply_to_model(textured_splat(sh_degree=1), read_compact(tmp_path / "scene.compact"))
 
 
 # ----------------------------------------------------------------------------------------- export, fine-tune
 
 
 def test_export_compact_figures_and_untouched_model(tmp_path):
-    model = _model()
+    model = textured_splat()
     before = model_params(model)
     cameras = look_at_camera(CAMERAS[0], size=24)
     options = CompactOptions(vq_share=0.5, finetune=FinetuneOptions(steps=0))
@@ -581,13 +565,13 @@ def test_finetuning_uses_the_models_cpu_thread_setting():
 
 
 def test_finetuning_keeps_the_assignment_and_lowers_the_loss():
-    teacher = _model()
+    teacher = textured_splat()
     views = []
     for position in CAMERAS:
         camera = look_at_camera(position, size=24)
         views.append((camera, {"image": teacher.get_outputs_for_camera(camera)["rgb"]}))
     gaussians, _ = _encode(teacher, vq_share=1.0, codebook_size=4)
-    student = _model()
+    student = textured_splat()
     tuned, losses = finetune_compact(
         student, gaussians, lambda step: views[step % len(views)], FinetuneOptions(steps=9), progress=False
     )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import look_at_camera, make_model
-from test_compression import _model
+from helpers import look_at_camera, make_model, textured_splat
 from test_frame import _rotation
 from test_rasterization import PARAMS, grads_of, make_scene, render
 from test_student import POSITIONS, SIZE, _cameras, _optimizers, _student
@@ -95,7 +94,7 @@ def test_a_student_samples_and_cuts_on_cuda():
 
 def test_a_cuda_model_moves_to_the_capture_frame_as_a_cpu_one():
     """The export of a COLMAP scene (a dataparser transform that is not the identity) from a model on CUDA."""
-    model = _model(sh_degree=3, num_points=300, seed=5)
+    model = textured_splat(sh_degree=3, num_points=300, seed=5)
     move = Similarity(_rotation(7), torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64), 1.7)
     on_cpu = transform_gaussians(gaussians_of(model, drop_invisible=False), move)
     on_cuda = transform_gaussians(gaussians_of(model.to(CUDA), drop_invisible=False), move)

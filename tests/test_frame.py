@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import look_at_camera
-from test_compression import _model
+from helpers import look_at_camera, textured_splat
 
 from distilled3dgs_ns.compression.frame import Similarity, _quaternion, sh_rotation, transform_gaussians
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
@@ -58,7 +57,7 @@ def _moved_camera(camera, move: Similarity):
 
 
 def test_the_moved_scene_renders_the_same_from_the_moved_camera():
-    model = _model(sh_degree=3, num_points=300, seed=5)
+    model = textured_splat(sh_degree=3, num_points=300, seed=5)
     model.eval()
     move = Similarity(_rotation(7), torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64), 1.7)
     camera = look_at_camera((2.0, 0.5, 1.0), size=32)
@@ -96,7 +95,7 @@ def test_save_writes_the_capture_frame_and_eval_reads_it_back(tmp_path, monkeypa
     from distilled3dgs_ns.compression.frame import from_capture
     from distilled3dgs_ns.compression.spz import read_spz
 
-    model = _model(sh_degree=3, num_points=200, seed=6)
+    model = textured_splat(sh_degree=3, num_points=200, seed=6)
     config = write_teacher(tmp_path / "run", model, scale=2.0)  # nerfstudio's frame: twice the capture's size
     monkeypatch.setattr(cli, "splat_pipeline", lambda *args: SimpleNamespace(model=model))
     cli.entrypoint(["save", "--load-config", str(config), "--output", str(tmp_path / "capture.spz")])

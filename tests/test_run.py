@@ -436,7 +436,14 @@ def test_demo_runs_end_to_end_then_skips_every_finished_stage(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert f"Report: {out / 'report.md'}" in first.stdout
     report = json.loads((out / "report.json").read_text())
-    files = {"student-compact", "student-spz", "student-compressed-ply", "student-splat"}
+    files = {
+        "student-compact",
+        "student-spz",
+        "student-sog",
+        "student-glb-spz",
+        "student-compressed-ply",
+        "student-splat",
+    }
     assert set(report["models"]) == {"teacher-standard", "teacher-dropout", "student"} | files
     for figures in report["models"].values():
         assert set(figures) >= {"psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s"}

@@ -4,16 +4,14 @@ splat-transform, when installed), and the ``distilled3dgs-export save`` command.
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
+import re
 import struct
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from helpers import look_at_camera
-from test_compression import _model
+from helpers import SPLAT_TRANSFORM, look_at_camera, splat_transform_ply, textured_splat
 
 from distilled3dgs_ns.compression.cli import entrypoint
 from distilled3dgs_ns.compression.compact_format import write_compact
@@ -22,36 +20,10 @@ from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, sh_flip_signs, write_spz
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
-SPLAT_TRANSFORM = os.environ.get("SPLAT_TRANSFORM") or shutil.which("splat-transform")
-
-
-def _read_back(source, tmp_path) -> dict[str, np.ndarray]:
-    """``source`` after splat-transform converted it to a PLY: ``means``, ``scales``, ``quats`` (as stored, wxyz),
-    ``opacity`` (logit), and ``rest`` ``[N, K-1, 3]`` where the PLY has SH rest coefficients."""
-    from plyfile import PlyData
-
-    subprocess.run([SPLAT_TRANSFORM, "-w", "-q", str(source), str(tmp_path / "back.ply")], check=True)
-    vertex = PlyData.read(str(tmp_path / "back.ply"))["vertex"]
-    names = [prop.name for prop in vertex.properties]
-
-    def stack(*columns: str) -> np.ndarray:
-        return np.stack([np.asarray(vertex[name]) for name in columns], axis=1)
-
-    fields = {
-        "means": stack("x", "y", "z"),
-        "scales": stack("scale_0", "scale_1", "scale_2"),
-        "quats": stack("rot_0", "rot_1", "rot_2", "rot_3"),
-        "opacity": np.asarray(vertex["opacity"]).copy(),
-    }
-    rest = [name for name in names if name.startswith("f_rest_")]
-    if rest:
-        fields["rest"] = stack(*rest).reshape(len(vertex), 3, -1).transpose(0, 2, 1)
-    return fields
-
 
 @pytest.fixture(scope="module")
 def model():
-    return _model(sh_degree=3, num_points=300)
+    return textured_splat(sh_degree=3, num_points=300)
 
 
 @pytest.mark.parametrize("degree", [1, 2, 3])
@@ -115,14 +87,21 @@ def test_decoded_scene_renders_like_the_model(model, tmp_path):
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_splat_transform_reads_our_file(tmp_path):
-    g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
+    """splat-transform 3.x reads SPZ raw, as PLY coordinates (its writer bakes no frame either); 2.x turned RUB back
+    into the PLY's frame, as Niantic's reference does. Either way it is our scene, Gaussian for Gaussian."""
+    g = gaussians_of(textured_splat(sh_degree=3, num_points=300, seed=3))
     write_spz(tmp_path / "scene.spz", g)
-    theirs = _read_back(tmp_path / "scene.spz", tmp_path)
+    theirs = splat_transform_ply(tmp_path / "scene.spz", tmp_path)
     ours = read_spz(tmp_path / "scene.spz")
+    printed = subprocess.run([SPLAT_TRANSFORM, "--version"], capture_output=True, text=True)
+    raw = int(re.search(r"v(\d+)\.", printed.stdout + printed.stderr).group(1)) >= 3
+    flip = np.array([1.0, -1.0, -1.0]) if raw else np.ones(3)
+    signs = np.array(sh_flip_signs(3))[:, None] if raw else 1.0
     assert len(theirs["means"]) == g.num_gaussians
-    assert np.abs(theirs["means"] - g.means.numpy()).max() <= 0.5 / 4096 + 1e-5
-    assert np.abs(theirs["rest"] - ours.features_rest.numpy()).max() < 1e-5
+    assert np.abs(theirs["means"] * flip - g.means.numpy()).max() <= 0.5 / 4096 + 1e-5
+    assert np.abs(theirs["rest"] * signs - ours.features_rest.numpy()).max() < 1e-5
     quats = theirs["quats"] / np.linalg.norm(theirs["quats"], axis=1, keepdims=True)
+    quats = quats * (np.array([1.0, 1.0, -1.0, -1.0]) if raw else 1.0)
     assert np.abs((quats * ours.quats.numpy()).sum(axis=1)).min() > 0.9999
 
 
@@ -131,7 +110,7 @@ def test_save_command_converts_a_compact_file_and_refuses_bad_input(model, tmp_p
     entrypoint(["save", "--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "scene.spz")])
     assert read_spz(tmp_path / "scene.spz").num_gaussians == gaussians_of(model).num_gaussians
     for args in (
-        ["--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "scene.glb")],
+        ["--input", str(tmp_path / "scene.compact"), "--output", str(tmp_path / "scene.gltf")],
         ["--output", str(tmp_path / "x.spz")],
         ["--input", str(tmp_path / "scene.spz"), "--output", str(tmp_path / "scene.spz")],
     ):
@@ -164,9 +143,9 @@ def test_splat_round_trip_drops_only_the_sh_rest(model, tmp_path):
 
 @pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
 def test_splat_transform_reads_our_splat_file(tmp_path):
-    g = gaussians_of(_model(sh_degree=3, num_points=300, seed=3))
+    g = gaussians_of(textured_splat(sh_degree=3, num_points=300, seed=3))
     write_splat(tmp_path / "scene.splat", g)
-    theirs = _read_back(tmp_path / "scene.splat", tmp_path)
+    theirs = splat_transform_ply(tmp_path / "scene.splat", tmp_path)
     ours = read_splat(tmp_path / "scene.splat", sh_degree=0)
     assert len(theirs["means"]) == g.num_gaussians
     assert np.array_equal(theirs["means"], ours.means.numpy())

@@ -78,17 +78,20 @@ class Compact(CompactOptions):
 @dataclass
 class Save:
     """Save a trained splat (teacher or student config.yml, or a compact or viewer file) in a format the splat
-    viewers open: ``.spz`` (Niantic's SPZ, about 20 bytes per Gaussian: SuperSplat, PlayCanvas, Spark, glTF tools),
-    ``.compressed.ply`` (PlayCanvas' compressed PLY: SuperSplat and most web viewers), ``.splat`` (antimatter15's,
-    32 bytes per Gaussian, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY). The format follows the
-    suffix of --output unless --format names it. A trained model is written in the capture's frame (see --frame)."""
+    viewers open: ``.spz`` (Niantic's SPZ: SuperSplat, PlayCanvas, Spark), ``.sog`` (PlayCanvas' SOG: SuperSplat,
+    PlayCanvas, Spark; smallest from a compact file, whose codebook becomes its palette), ``.glb`` / ``.spz.glb``
+    (glTF's KHR_gaussian_splatting, float32 or SPZ-compressed: 3D tool chains), ``.compressed.ply`` (PlayCanvas'
+    compressed PLY), ``.splat`` (antimatter15's, no view-dependent colour) or ``.ply`` (the float32 3DGS PLY). The
+    format follows the suffix of --output unless --format names it. A trained model is written in the capture's
+    frame (see --frame). Sizes and losses of each: docs/formats.md."""
 
     output: Path
-    """The file to write: scene.spz, scene.compressed.ply, scene.splat or scene.ply."""
+    """The file to write: scene.spz, scene.sog, scene.glb, scene.spz.glb, scene.compressed.ply, scene.splat or
+    scene.ply."""
     load_config: Path | None = None
     """config.yml of the trained model (or give --input)."""
     input: Path | None = None
-    """A compact, SPZ, compressed PLY or .splat file to convert instead of a trained model."""
+    """A compact or viewer file (SPZ, SOG, .glb, compressed PLY, .splat) to convert instead of a trained model."""
     format: FormatName | None = None
     """The format to write; by default the one --output's suffix names."""
     frame: Literal["capture", "nerfstudio"] = "capture"

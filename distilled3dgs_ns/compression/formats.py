@@ -10,7 +10,9 @@ from typing import Literal
 
 from distilled3dgs_ns.compression.compact_format import CompactGaussians, read_compact
 from distilled3dgs_ns.compression.compressed_ply import read_compressed_ply, write_compressed_ply
+from distilled3dgs_ns.compression.glb import read_glb, write_glb, write_spz_glb
 from distilled3dgs_ns.compression.ply import write_ply
+from distilled3dgs_ns.compression.sog import read_sog, write_sog
 from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, write_spz
 
@@ -23,13 +25,33 @@ class ViewerFormat:
     write: Callable[[Path, CompactGaussians], int]
     read: Callable[[Path, int], CompactGaussians] | None
     about: str
+    from_compact: bool = False
+    """The SH rest is a palette of whole coefficient vectors: where the run also writes the compact file (vector
+    quantised, then fine-tuned with its codes fixed), this format is written from that scene, whose codebook becomes
+    the palette at no further loss, instead of a k-means of the model's coefficients."""
 
 
-FormatName = Literal["spz", "compressed-ply", "splat", "ply"]
+FormatName = Literal["spz", "sog", "glb", "glb-spz", "compressed-ply", "splat", "ply"]
 """The keys of ``FORMATS``, for command-line options."""
 
 FORMATS: dict[str, ViewerFormat] = {
     "spz": ViewerFormat(".spz", write_spz, lambda path, _: read_spz(path), "Niantic's SPZ, ~20 B/Gaussian"),
+    "sog": ViewerFormat(
+        ".sog",
+        write_sog,
+        lambda path, _: read_sog(path),
+        "PlayCanvas' SOG (WebP images in a zip), ~17 B/Gaussian from a compact file",
+        from_compact=True,
+    ),
+    "glb": ViewerFormat(
+        ".glb", write_glb, lambda path, _: read_glb(path), "glTF KHR_gaussian_splatting, float32, ~236 B/Gaussian"
+    ),
+    "glb-spz": ViewerFormat(
+        ".spz.glb",
+        write_spz_glb,
+        lambda path, _: read_glb(path),
+        "glTF KHR_gaussian_splatting with its SPZ compression, the SPZ's size",
+    ),
     "compressed-ply": ViewerFormat(
         ".compressed.ply",
         write_compressed_ply,

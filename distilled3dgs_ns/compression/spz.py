@@ -45,11 +45,13 @@ class SpzError(UserError):
 
 
 @cache
-def sh_flip_signs(degree: int) -> tuple[float, ...]:
-    """Sign of each SH rest coefficient under the y/z flip: every real SH basis is even or odd in it."""
+def sh_flip_signs(degree: int, flip: tuple[float, float, float] = tuple(_FLIP)) -> tuple[float, ...]:
+    """Sign of each SH rest coefficient under a half turn that negates two axes (``flip``, SPZ's y/z by default):
+    every real SH basis is even or odd in each axis."""
     count = (degree + 1) ** 2
     direction = torch.tensor([[0.36, 0.48, 0.8]], dtype=torch.float64)  # no basis vanishes here
-    here, flipped = sh_bases(count, direction)[0], sh_bases(count, direction * torch.from_numpy(_FLIP))[0]
+    turned = direction * torch.tensor(flip, dtype=torch.float64)
+    here, flipped = sh_bases(count, direction)[0], sh_bases(count, turned)[0]
     return tuple(float(s) for s in torch.sign(here * flipped)[1:])
 
 
@@ -123,19 +125,30 @@ def read_spz(path: Path | str) -> CompactGaussians:
     """The Gaussians of an SPZ file (versions 2 and 3), back in the PLY's frame and splatfacto's parametrisation."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as error:
+        data = path.read_bytes()
+    except OSError as error:
         raise SpzError(f"{path}: not a readable SPZ file ({error}); write it again") from error
+    return spz_gaussians(data, str(path))
+
+
+def spz_gaussians(data: bytes, source: str) -> CompactGaussians:
+    """The Gaussians of SPZ bytes (a file's, or a glTF buffer's), named ``source`` in errors."""
+    try:
+        raw = gzip.decompress(data)
+    except (OSError, EOFError) as error:
+        raise SpzError(f"{source}: not a readable SPZ file ({error}); write it again") from error
     if len(raw) < _HEADER.size:
-        raise SpzError(f"{path}: too short for an SPZ header; write it again")
+        raise SpzError(f"{source}: too short for an SPZ header; write it again")
     magic, version, n, degree, fractional_bits, _, _ = _HEADER.unpack_from(raw)
     if magic != MAGIC or version not in (2, 3) or degree > 3:
-        raise SpzError(f"{path}: not an SPZ file of version 2 or 3 with SH degree <= 3 (magic {magic:#x}, v{version})")
+        raise SpzError(
+            f"{source}: not an SPZ file of version 2 or 3 with SH degree <= 3 (magic {magic:#x}, v{version})"
+        )
     rest_count = (degree + 1) ** 2 - 1
     quat_bytes = 4 if version >= 3 else 3
     sizes = {"positions": 9, "alphas": 1, "colors": 3, "scales": 3, "rotations": quat_bytes, "sh": rest_count * 3}
     if len(raw) != _HEADER.size + n * sum(sizes.values()):
-        raise SpzError(f"{path}: {len(raw)} bytes do not hold {n} Gaussians of SH degree {degree}; write it again")
+        raise SpzError(f"{source}: {len(raw)} bytes do not hold {n} Gaussians of SH degree {degree}; write it again")
     offset, parts = _HEADER.size, {}
     for name, size in sizes.items():
         parts[name] = np.frombuffer(raw, np.uint8, n * size, offset).reshape(n, size)
