@@ -10,23 +10,14 @@ then the compact codebook), and evaluates what every file decodes to. Prints one
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
 from distilled3dgs_ns.checkpoints import load_pipeline
-from distilled3dgs_ns.compression import (
-    FORMATS,
-    CompactOptions,
-    FinetuneOptions,
-    apply_to_model,
-    export_compact,
-    gaussians_of,
-    read_gaussians,
-)
-from distilled3dgs_ns.compression.frame import Similarity, from_capture, to_capture
+from distilled3dgs_ns.compression import FORMATS, apply_to_model, gaussians_of, read_gaussians, write_files
+from distilled3dgs_ns.compression.frame import Similarity, from_capture
 from distilled3dgs_ns.evaluation import evaluate_pipeline
 
 
@@ -46,32 +37,19 @@ def main(args: Args) -> None:
     frame = Similarity.of_run(args.load_config)
     model = evaluate_pipeline(pipeline, render_repeats=0, keep_rgb=True, label="the model")
     rows = [("model (float32 in memory)", None, model.figures["psnr"], None, 0.0)]
-    gaussians = to_capture(gaussians_of(pipeline.model), frame)
-    files: list[tuple[str, Path, float]] = []
-    for name, fmt in FORMATS.items():
-        start = time.perf_counter()
-        fmt.write(args.output_dir / f"model{fmt.suffix}", gaussians)
-        label = f"{name} (k-means palette)" if fmt.from_compact else name
-        files.append((label, args.output_dir / f"model{fmt.suffix}", time.perf_counter() - start))
-    start = time.perf_counter()
-    compact = args.output_dir / "model.compact"
-    export_compact(pipeline, None, compact, CompactOptions(finetune=FinetuneOptions(steps=args.finetune_steps)))
-    files.append(("compact", compact, time.perf_counter() - start))
-    scene = to_capture(read_gaussians(compact), frame)
-    for name, fmt in FORMATS.items():
-        if fmt.from_compact:
-            start = time.perf_counter()
-            fmt.write(args.output_dir / f"compact{fmt.suffix}", scene)
-            files.append(
-                (
-                    f"{name} (from the compact file)",
-                    args.output_dir / f"compact{fmt.suffix}",
-                    time.perf_counter() - start,
-                )
-            )
-    count = gaussians.num_gaussians
+    count = gaussians_of(pipeline.model).num_gaussians  # what the files hold: the visible ones
+    everything = write_files(pipeline, frame, args.output_dir, "model", list(FORMATS), None)  # the palettes: k-means
+    files = [
+        (f"{kind} (k-means palette)" if FORMATS[kind].from_compact else kind, *file)
+        for kind, file in everything.items()
+    ]
+    built_on_compact = [kind for kind, fmt in FORMATS.items() if fmt.from_compact]
+    compact = write_files(pipeline, frame, args.output_dir, "compact", built_on_compact, args.finetune_steps)
+    files += [
+        (kind if kind == "compact" else f"{kind} (from the compact file)", *file) for kind, file in compact.items()
+    ]
     for label, path, seconds in files:
-        if FORMATS.get(label) is not None and FORMATS[label].read is None:  # the float32 PLY: the model itself
+        if label in FORMATS and FORMATS[label].read is None:  # the float32 PLY: the model itself
             rows.append((label, path.stat().st_size, model.figures["psnr"], None, seconds))
             continue
         decoded = read_gaussians(path, pipeline.model.config.sh_degree)

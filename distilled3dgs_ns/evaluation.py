@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
+from nerfstudio.model_components.lib_bilagrid import color_correct
 
 from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.errors import one_line_errors
@@ -61,6 +62,15 @@ def training_views(datamanager: Any) -> list[tuple[Any, dict]]:
     return views
 
 
+def colour_corrected_psnr(rgb: torch.Tensor, ground_truth: torch.Tensor) -> float:
+    """PSNR after the render's colours are fitted to the photo's (nerfstudio's ``color_correct``, a per-image
+    quadratic colour map): what remains when each photo's exposure and white balance are forgiven, which the model
+    cannot know for a new view. Beside the PSNR it tells structure from exposure on real captures."""
+    corrected = color_correct(rgb.clamp(0.0, 1.0), ground_truth[..., :3])
+    error = ((corrected - ground_truth[..., :3]) ** 2).mean().clamp_min(1e-12)
+    return float(-10 * torch.log10(error))
+
+
 @torch.no_grad()
 def evaluate_pipeline(
     pipeline: Any,
@@ -100,14 +110,15 @@ def evaluate_pipeline(
             for key in METRIC_KEYS:
                 if key in metrics:
                     per_view.setdefault(key, []).append(float(metrics[key]))
+            ground_truth = model.composite_with_background(model.get_gt_img(batch["image"]), outputs["background"])
+            per_view.setdefault("cc_psnr", []).append(colour_corrected_psnr(outputs["rgb"], ground_truth))
             if keep_rgb:
                 result.rgb.append(outputs["rgb"].detach().cpu())
             if reference is not None:
                 error = ((outputs["rgb"].detach().cpu() - reference[index]) ** 2).mean().clamp_min(1e-12)
                 per_view.setdefault("psnr_vs_reference", []).append(float(-10 * torch.log10(error)))
             if index < keep_views:
-                gt = model.composite_with_background(model.get_gt_img(batch["image"]), outputs["background"])
-                result.ground_truth.append(to_uint8(gt))
+                result.ground_truth.append(to_uint8(ground_truth))
                 result.renders.append(to_uint8(outputs["rgb"]))
             samples = []
             for _ in range(render_repeats):

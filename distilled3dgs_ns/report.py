@@ -1,9 +1,10 @@
 """The report of a ``distilled3dgs-run``: ``report.md``, ``report.json``, a PSNR-vs-size plot and a strip of views.
 
-``report.json`` holds ``models.<name>`` with ``psnr``, ``ssim``, ``lpips`` (null when LPIPS weights are unavailable
-offline), ``num_gaussians``, ``size_mb`` (the file on disk: PLY, or for ``student-<format>`` rows the compact or viewer
-file, whose row also has ``file`` and ``psnr_vs_model``), ``render_ms`` (median per test frame on the evaluation
-device) and ``train_s`` (wall time of the training, all attempts). The strip shows, per test view, ground truth | the
+``report.json`` holds ``models.<name>`` with ``psnr``, ``cc_psnr`` (after each render's colours are fitted to its
+photo), ``ssim``, ``lpips`` (null when LPIPS weights are unavailable offline), ``num_gaussians``, ``size_mb`` (the
+file on disk: PLY, or for ``student-<format>`` rows the compact or viewer file, whose row also has ``file`` and
+``psnr_vs_model``), ``render_ms`` (median per test frame on the evaluation device) and ``train_s`` (wall time of the
+training, all attempts). The strip shows, per test view, ground truth | the
 teachers' blend | the student | the student's absolute error.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from distilled3dgs_ns.stages import write_json_atomic
 
-REPORT_KEYS = ("psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s")
+REPORT_KEYS = ("psnr", "cc_psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s")
 ERROR_MAP_MAX = 0.25
 """Absolute error (mean over RGB) shown at full colour in the strip's error maps."""
 
@@ -33,6 +34,13 @@ def collect_models(evaluations: dict[str, dict[str, Any]]) -> dict[str, dict[str
     return models
 
 
+def colour_corrected_difference(student: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """``; colour-corrected +0.09 dB`` where both evaluations have the colour-corrected PSNR, else nothing."""
+    if student.get("cc_psnr") is None or baseline.get("cc_psnr") is None:
+        return ""
+    return f"; colour-corrected {student['cc_psnr'] - baseline['cc_psnr']:+.2f} dB"
+
+
 def markdown_table(models: dict[str, dict[str, Any]]) -> str:
     def cell(value: Any, digits: int) -> str:
         if value is None:
@@ -40,12 +48,14 @@ def markdown_table(models: dict[str, dict[str, Any]]) -> str:
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = [
-        "| model | PSNR | SSIM | LPIPS | #Gaussians | size (MB) | render (ms/frame) | train (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | PSNR | PSNR (colour-corrected) | SSIM | LPIPS | #Gaussians | size (MB) | render (ms/frame) "
+        "| train (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in models.items():
         lines.append(
-            f"| {name} | {cell(m['psnr'], 2)} | {cell(m['ssim'], 4)} | {cell(m['lpips'], 4)} | {m['num_gaussians']} | "
+            f"| {name} | {cell(m['psnr'], 2)} | {cell(m.get('cc_psnr'), 2)} | {cell(m['ssim'], 4)} | "
+            f"{cell(m['lpips'], 4)} | {m['num_gaussians']} | "
             f"{cell(m['size_mb'], 3)} | {cell(m['render_ms'], 1)} | {cell(m['train_s'], 0)} |"
         )
     return "\n".join(lines)
@@ -160,7 +170,8 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         markdown_table(models),
         "",
         "size: the file on disk (standard 3DGS PLY; for `student-<format>` rows the file itself). render: median time "
-        "per test frame.",
+        "per test frame. colour-corrected: each render's colours fitted to its photo first, which forgives the "
+        "photos' own exposure and white balance (real captures).",
     ]
     lines += file_lines(models)
     student = models.get("student")
@@ -175,7 +186,7 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         lines += ["", "Same-budget baselines (student's PSNR minus the baseline's, at their counts):", ""]
         lines += [
             f"- {name}: {student['psnr'] - m['psnr']:+.2f} dB ({m['num_gaussians']} Gaussians, student "
-            f"{student['num_gaussians']})"
+            f"{student['num_gaussians']}{colour_corrected_difference(student, m)})"
             for name, m in baselines.items()
         ]
         if config.student_is_no_kd and "baseline-no-kd" in baselines:

@@ -893,33 +893,14 @@ class Run:
         """Write the trained student's compact file and viewer files (these in the capture's frame), then evaluate
         what each decodes to (rows ``student-compact``, ``student-spz``...), with ``psnr_vs_model`` against the
         student's own renders."""
-        from distilled3dgs_ns.compression import (
-            FORMATS,
-            CompactOptions,
-            FinetuneOptions,
-            apply_to_model,
-            export_compact,
-            gaussians_of,
-            read_gaussians,
-        )
-        from distilled3dgs_ns.compression.frame import Similarity, from_capture, to_capture
+        from distilled3dgs_ns.compression import apply_to_model, read_gaussians, write_files
+        from distilled3dgs_ns.compression.frame import Similarity, from_capture
         from distilled3dgs_ns.evaluation import evaluate_pipeline
 
         cfg = self.config
         dataparser = Similarity.of_run(config)
-        files: dict[str, tuple[Path, float]] = {}
-        later = [kind for kind in cfg.viewer_formats if cfg.compact and FORMATS[kind].from_compact]
-        gaussians = to_capture(gaussians_of(pipeline.model), dataparser)
-        for kind in cfg.viewer_formats:
-            if kind not in later:
-                files[kind] = self.write_file(kind, exports, gaussians)
-        if cfg.compact:  # its fine-tuning leaves the model holding the compact scene: the formats built on it follow
-            path, start = exports / "student.compact", time.perf_counter()
-            options = CompactOptions(finetune=FinetuneOptions(steps=cfg.compact_finetune_steps))
-            export_compact(pipeline, None, path, options)
-            files["compact"] = (path, time.perf_counter() - start)
-            scene = to_capture(read_gaussians(path), dataparser)
-            files |= {kind: self.write_file(kind, exports, scene) for kind in later}
+        steps = cfg.compact_finetune_steps if cfg.compact else None
+        files = write_files(pipeline, dataparser, exports, "student", cfg.viewer_formats, steps)
         rows: dict[str, dict[str, Any]] = {}
         for kind, (path, export_s) in files.items():
             decoded = read_gaussians(path, pipeline.model.config.sh_degree)
@@ -933,15 +914,6 @@ class Run:
             figures |= {"size_mb": path.stat().st_size / 1e6, "file": str(path), "train_s": train_s}
             rows[f"student-{kind}"] = figures | {"export_s": export_s}
         return rows
-
-    @staticmethod
-    def write_file(kind: str, exports: Path, gaussians: Any) -> tuple[Path, float]:
-        """Write the student as ``export/student<suffix>`` of format ``kind``; its path and the seconds it took."""
-        from distilled3dgs_ns.compression import FORMATS
-
-        path, start = exports / f"student{FORMATS[kind].suffix}", time.perf_counter()
-        FORMATS[kind].write(path, gaussians)
-        return path, time.perf_counter() - start
 
     # -- everything
 

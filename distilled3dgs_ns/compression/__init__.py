@@ -13,7 +13,7 @@ from distilled3dgs_ns.compression.compact_format import (
 )
 from distilled3dgs_ns.compression.compressed_ply import read_compressed_ply, write_compressed_ply
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, pack, visible_mask
-from distilled3dgs_ns.compression.export import CompactOptions, export_compact
+from distilled3dgs_ns.compression.export import CompactOptions, export_compact, write_files
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
 from distilled3dgs_ns.compression.formats import FORMATS, format_of, read_gaussians
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params
@@ -51,6 +51,7 @@ __all__ = [
     "visible_mask",
     "write_compact",
     "write_compressed_ply",
+    "write_files",
     "write_ply",
     "write_splat",
     "write_spz",

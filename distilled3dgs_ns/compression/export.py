@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -12,10 +13,12 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-from distilled3dgs_ns.compression.compact_format import Compression, write_compact
+from distilled3dgs_ns.compression.compact_format import CompactGaussians, Compression, write_compact
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, needs_scores
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
-from distilled3dgs_ns.compression.model_io import model_of, model_params
+from distilled3dgs_ns.compression.formats import FORMATS, read_gaussians
+from distilled3dgs_ns.compression.frame import Similarity, to_capture
+from distilled3dgs_ns.compression.model_io import gaussians_of, model_of, model_params
 from distilled3dgs_ns.progress import progress_bar
 from distilled3dgs_ns.significance import significance_scores
 
@@ -115,3 +118,33 @@ def _significance(
         return significance_scores(
             model, cameras, options.significance_beta, options.volume_percentile, progress=lambda _: advance()
         )
+
+
+def write_files(
+    pipeline: Any, frame: Similarity, folder: Path, stem: str, kinds: Sequence[str], compact_steps: int | None
+) -> dict[str, tuple[Path, float]]:
+    """Write the pipeline's model as ``folder/<stem><suffix>`` in each format of ``kinds``, in the capture's frame
+    (``frame``: the run's dataparser transform), and with ``compact_steps`` also as ``<stem>.compact`` fine-tuned for
+    that many steps, the formats built on a compact scene (``from_compact``) then written from it. Returns, per
+    format name (and ``compact``), the file and the seconds it took. The fine-tuning leaves the model holding the
+    compact scene."""
+    later = [kind for kind in kinds if compact_steps is not None and FORMATS[kind].from_compact]
+    files: dict[str, tuple[Path, float]] = {}
+
+    def write(kind: str, gaussians: CompactGaussians) -> None:
+        path, start = folder / f"{stem}{FORMATS[kind].suffix}", time.perf_counter()
+        FORMATS[kind].write(path, gaussians)
+        files[kind] = (path, time.perf_counter() - start)
+
+    gaussians = to_capture(gaussians_of(model_of(pipeline)), frame)
+    for kind in kinds:
+        if kind not in later:
+            write(kind, gaussians)
+    if compact_steps is not None:
+        path, start = folder / f"{stem}.compact", time.perf_counter()
+        export_compact(pipeline, None, path, CompactOptions(finetune=FinetuneOptions(steps=compact_steps)))
+        files["compact"] = (path, time.perf_counter() - start)
+        scene = to_capture(read_gaussians(path), frame)
+        for kind in later:
+            write(kind, scene)
+    return files
