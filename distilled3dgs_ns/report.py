@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from distilled3dgs_ns.report_html import write_report_html
 from distilled3dgs_ns.stages import write_json_atomic
 
 REPORT_KEYS = ("psnr", "cc_psnr", "ssim", "lpips", "num_gaussians", "size_mb", "render_ms", "train_s")
@@ -139,7 +140,8 @@ def file_lines(models: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str, Any]], device: str) -> Path:
-    """Write report.json, report.md and the pictures; returns the path of report.md."""
+    """Write report.json, report.md (and the same as report.html, with the student in 3-D) and the pictures; returns
+    the path of report.md."""
     models = collect_models(evaluations)
     teacher_names = [name for name in evaluations if name.startswith("teacher")]
     plot = plot_psnr_vs_count(models, output_dir / "psnr_vs_gaussians.png")
@@ -209,5 +211,6 @@ def write_report(output_dir: Path, config: Any, evaluations: dict[str, dict[str,
         ]
     path = output_dir / "report.md"
     path.write_text("\n".join(lines))
+    write_report_html(output_dir, "\n".join(lines))
     print(markdown_table(models))
     return path

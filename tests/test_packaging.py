@@ -65,3 +65,5 @@ def test_the_wheel_holds_every_module_of_the_checkout(installed):
     modules = {path.relative_to(REPO_ROOT).as_posix() for path in package.rglob("*.py")}
     shipped = {path.relative_to(installed).as_posix() for path in (installed / "distilled3dgs_ns").rglob("*.py")}
     assert modules - shipped == set()  # a new subpackage must be named in pyproject.toml's packages
+    script = installed / "distilled3dgs_ns" / "web" / "viewer.js"  # report.html's viewer: package data
+    assert script.read_bytes() == (package / "web" / "viewer.js").read_bytes()

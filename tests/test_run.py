@@ -462,6 +462,8 @@ def test_demo_runs_end_to_end_then_skips_every_finished_stage(tmp_path):
     assert "student-spz: `student.spz`" in (out / "report.md").read_text()
     assert (out / "psnr_vs_gaussians.png").stat().st_size > 0 and (out / "views_strip.png").stat().st_size > 0
     assert "| student |" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()  # the same report as a page, with the student in 3-D
+    assert "<table>" in page and "createViewer" in page and "teacher-standard" in page
 
     # distilled3dgs-eval evaluates the compact file directly, and agrees with the report
     student_config = out / "runs" / "student" / "distilled3dgs-student" / "run" / "config.yml"

@@ -1,0 +1,1 @@
+"""The report page's viewer script (package data: ``viewer.js``)."""
