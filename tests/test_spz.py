@@ -16,8 +16,9 @@ from helpers import SPLAT_TRANSFORM, look_at_camera, splat_transform_ply, textur
 from distilled3dgs_ns.compression.cli import entrypoint
 from distilled3dgs_ns.compression.compact_format import write_compact
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
+from distilled3dgs_ns.compression.ply import write_ply
 from distilled3dgs_ns.compression.splat import read_splat, write_splat
-from distilled3dgs_ns.compression.spz import read_spz, sh_flip_signs, write_spz
+from distilled3dgs_ns.compression.spz import SpzError, read_spz, sh_flip_signs, write_spz
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
 
@@ -152,3 +153,46 @@ def test_splat_transform_reads_our_splat_file(tmp_path):
     assert np.abs(theirs["scales"] - ours.scales.numpy()).max() < 1e-5
     alpha = torch.sigmoid(torch.from_numpy(theirs["opacity"]))
     assert (alpha - torch.sigmoid(ours.opacities).view(-1)).abs().max() < 1e-3
+
+
+def _as_version_four(data: bytes) -> bytes:
+    """Our version 3 file rewritten as version 4: the same attribute bytes as one zstd stream each, in a table."""
+    import zstandard
+
+    raw = gzip.decompress(data)
+    magic, _, n, degree, bits, flags, _ = struct.unpack_from("<IIIBBBB", raw)
+    sizes = [9, 1, 3, 3, 4, 3 * ((degree + 1) ** 2 - 1)]
+    chunks, offset = [], 16
+    for size in (size for size in sizes if size):
+        chunks.append(raw[offset : offset + n * size])
+        offset += n * size
+    packed = [zstandard.ZstdCompressor().compress(chunk) for chunk in chunks]
+    header = struct.pack("<IIIBBBBI12x", magic, 4, n, degree, bits, flags, len(chunks), 32)
+    table = b"".join(struct.pack("<QQ", len(p), len(c)) for p, c in zip(packed, chunks, strict=True))
+    return header + table + b"".join(packed)
+
+
+def test_version_four_reads_like_version_three(model, tmp_path):
+    write_spz(tmp_path / "scene.spz", gaussians_of(model))
+    (tmp_path / "v4.spz").write_bytes(_as_version_four((tmp_path / "scene.spz").read_bytes()))
+    three, four = read_spz(tmp_path / "scene.spz"), read_spz(tmp_path / "v4.spz")
+    for name in ("means", "scales", "quats", "opacities", "features_dc", "features_rest"):
+        assert torch.equal(getattr(three, name), getattr(four, name)), name
+    (tmp_path / "cut.spz").write_bytes((tmp_path / "v4.spz").read_bytes()[:-50])
+    with pytest.raises(SpzError, match="cut.spz"):
+        read_spz(tmp_path / "cut.spz")
+
+
+@pytest.mark.skipif(SPLAT_TRANSFORM is None, reason="PlayCanvas splat-transform not installed (npm)")
+def test_we_read_splat_transforms_version_four(model, tmp_path):
+    g = gaussians_of(model)
+    write_ply(tmp_path / "scene.ply", g)
+    subprocess.run(
+        [SPLAT_TRANSFORM, "-w", "-q", "--spz-version", "4", str(tmp_path / "scene.ply"), str(tmp_path / "v4.spz")],
+        check=True,
+    )
+    assert (tmp_path / "v4.spz").read_bytes()[:8] == struct.pack("<II", 0x5053474E, 4)
+    ours = read_spz(tmp_path / "v4.spz")
+    # splat-transform 3.x stores the PLY's coordinates as they are; we read SPZ as RUB, as the reference writes it
+    assert ours.num_gaussians == g.num_gaussians
+    assert (ours.means * torch.tensor([1.0, -1.0, -1.0]) - g.means).abs().max() <= 0.5 / 4096 + 1e-5

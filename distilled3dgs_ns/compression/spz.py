@@ -36,6 +36,8 @@ SH_REST_BITS = 5
 student 4 bits for degrees 2-3 cost 0.53 dB of test PSNR and 5 bits 0.26 dB, for 11% more bytes (any SPZ reader
 decodes either: the format stores 8-bit values)."""
 _HEADER = struct.Struct("<IIIBBBB")
+_HEADER_V4 = struct.Struct("<IIIBBBBI12x")
+"""Version 4's plain header: magic, version, count, SH degree, fractional bits, flags, streams, table offset."""
 _FLIP = np.array([1.0, -1.0, -1.0])
 """RDF (the PLY's frame) -> RUB (SPZ's): a half turn about x."""
 
@@ -122,7 +124,7 @@ def write_spz(path: Path | str, gaussians: CompactGaussians) -> int:
 
 
 def read_spz(path: Path | str) -> CompactGaussians:
-    """The Gaussians of an SPZ file (versions 2 and 3), back in the PLY's frame and splatfacto's parametrisation."""
+    """The Gaussians of an SPZ file (versions 2 to 4), back in the PLY's frame and splatfacto's parametrisation."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -131,8 +133,47 @@ def read_spz(path: Path | str) -> CompactGaussians:
     return spz_gaussians(data, str(path))
 
 
+def _sizes(n: int, degree: int, version: int) -> dict[str, int]:
+    """Bytes per Gaussian of each attribute, in file order."""
+    rest_count = (degree + 1) ** 2 - 1
+    quat_bytes = 4 if version >= 3 else 3
+    return {"positions": 9, "alphas": 1, "colors": 3, "scales": 3, "rotations": quat_bytes, "sh": rest_count * 3}
+
+
+def _version_four(data: bytes, source: str) -> CompactGaussians:
+    """Version 4: a plain 32-byte header, optional extension records, a table of (compressed, raw) sizes and one
+    zstd stream per attribute (none for an empty one). Needs the ``zstandard`` package (PyPI)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise SpzError(f"{source}: SPZ version 4 is zstd-compressed; pip install zstandard to read it") from None
+    magic, version, n, degree, fractional_bits, _, streams, table = _HEADER_V4.unpack_from(data)
+    if degree > 3:
+        raise SpzError(f"{source}: SH degree {degree}; our models hold at most 3 (convert it with -H 3 first)")
+    sizes = {name: size for name, size in _sizes(n, degree, version).items() if size}
+    if streams != len(sizes) or len(data) < table + 16 * streams:
+        raise SpzError(f"{source}: {streams} streams where SH degree {degree} has {len(sizes)}; write it again")
+    offset, parts = table + 16 * streams, {}
+    decompressor = zstandard.ZstdDecompressor()
+    for k, (name, size) in enumerate(sizes.items()):
+        packed, raw_length = struct.unpack_from("<QQ", data, table + 16 * k)
+        try:
+            raw = decompressor.decompress(data[offset : offset + packed], max_output_size=raw_length)
+        except zstandard.ZstdError as error:
+            raise SpzError(f"{source}: the {name} stream does not decompress ({error}); write it again") from None
+        if len(raw) != n * size:
+            raise SpzError(f"{source}: the {name} stream holds {len(raw)} bytes, not {n * size}; write it again")
+        parts[name] = np.frombuffer(raw, np.uint8).reshape(n, size)
+        offset += packed
+    parts.setdefault("sh", np.zeros((n, 0), np.uint8))
+    return _decode(parts, n, degree, version, fractional_bits)
+
+
 def spz_gaussians(data: bytes, source: str) -> CompactGaussians:
-    """The Gaussians of SPZ bytes (a file's, or a glTF buffer's), named ``source`` in errors."""
+    """The Gaussians of SPZ bytes (a file's, or a glTF buffer's), named ``source`` in errors: versions 2 and 3
+    (one gzip stream) and 4 (zstd streams)."""
+    if len(data) >= _HEADER_V4.size and _HEADER_V4.unpack_from(data)[:2] == (MAGIC, 4):
+        return _version_four(data, source)
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError) as error:
@@ -144,9 +185,7 @@ def spz_gaussians(data: bytes, source: str) -> CompactGaussians:
         raise SpzError(
             f"{source}: not an SPZ file of version 2 or 3 with SH degree <= 3 (magic {magic:#x}, v{version})"
         )
-    rest_count = (degree + 1) ** 2 - 1
-    quat_bytes = 4 if version >= 3 else 3
-    sizes = {"positions": 9, "alphas": 1, "colors": 3, "scales": 3, "rotations": quat_bytes, "sh": rest_count * 3}
+    sizes = _sizes(n, degree, version)
     if len(raw) != _HEADER.size + n * sum(sizes.values()):
         raise SpzError(f"{source}: {len(raw)} bytes do not hold {n} Gaussians of SH degree {degree}; write it again")
     offset, parts = _HEADER.size, {}
