@@ -76,10 +76,6 @@ class StudentPipelineConfig(VanillaPipelineConfig):
     """config.yml of a trained splat (usually the standard teacher) whose Gaussians the student starts from instead
     of random or sparse points; prune it to a budget with the prune options (e.g. --pipeline.model.prune-count-at 0
     --pipeline.model.prune-count N). Training only, like the teachers."""
-    init_view_dependence: bool = True
-    """With init_from: keep the splat's view-dependent colour (SH rest). False zeroes it, so the student learns view
-    dependence from the ground truth alone: a teacher fitted to few photos may explain their exposure changes as
-    view dependence, which new views do not share."""
 
 
 def interpolate_camera(first: Cameras, second: Cameras, t: float) -> Cameras:
@@ -219,12 +215,8 @@ class StudentPipeline(VanillaPipeline):
                 f"has {theirs + 1} SH coefficients per colour, the student {ours + 1}",
                 "give the student the same --pipeline.model.sh-degree as the splat it starts from",
             )
-        values = {k: v.detach().to(device) for k, v in source.model.gauss_params.items()}
-        if not self.config.init_view_dependence:
-            values["features_rest"] = torch.zeros_like(values["features_rest"])
-        self.model.load_gaussians(values)
-        kept = "" if self.config.init_view_dependence else " (their view-dependent colour zeroed)"
-        CONSOLE.log(f"student: starts from the {source.model.num_points} Gaussians of {source.config_path}{kept}")
+        self.model.load_gaussians({k: v.detach().to(device) for k, v in source.model.gauss_params.items()})
+        CONSOLE.log(f"student: starts from the {source.model.num_points} Gaussians of {source.config_path}")
 
     def pseudo_camera(self, camera: Cameras) -> Cameras:
         """A pseudo view near this step's training camera (see ``pseudo_view_mode``)."""

@@ -624,25 +624,6 @@ def test_student_can_start_from_a_trained_splat(small_scene, teacher_config, tmp
     assert _pipeline(small_scene, [], init_from=tmp_path / "nope.yml", test_mode="test").model.num_points == 200
 
 
-def test_a_start_without_the_splats_view_dependent_colour(small_scene, tmp_path):
-    model = make_model(TeacherModelConfig(num_downscales=0), num_points=200, seed=6)
-    with torch.no_grad():
-        model.gauss_params["features_rest"].normal_(0.0, 0.2)
-    teacher_config = write_teacher(tmp_path / "coloured", model)
-    pipeline = _pipeline(
-        small_scene,
-        [],
-        init_from=teacher_config,
-        init_view_dependence=False,
-        model={"kd_weight": 0.0, "structure_weight": 0.0, "sh_degree": 3},
-    )
-    source = load_teacher(teacher_config, "cpu").model
-    assert source.gauss_params["features_rest"].abs().max() > 0
-    assert pipeline.model.gauss_params["features_rest"].abs().max() == 0
-    for name in ("means", "scales", "quats", "opacities", "features_dc"):
-        assert torch.equal(pipeline.model.gauss_params[name], source.gauss_params[name])
-
-
 def test_pipeline_checks_teachers_before_training(small_scene, teacher_config):
     # a random cloud does not reproduce this scene's views
     with pytest.raises(TeacherLoadError, match=r"standard[/\\]config\.yml: renders .* dB PSNR"):
