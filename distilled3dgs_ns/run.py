@@ -879,9 +879,12 @@ class Run:
             keep_rgb=student,
         )
         save_views(views_dir, result.ground_truth, result.renders)
-        write_page_view(pipeline, self.output_dir / "views", name)
+        from distilled3dgs_ns.compression import gaussians_of
+
+        gaussians = gaussians_of(pipeline.model)  # what the files hold: the visible Gaussians
+        write_page_view(pipeline, gaussians, self.output_dir / "views", name)
         exports = self.output_dir / "export"
-        ply = export_ply(pipeline.model, exports / f"{name}.ply")
+        ply = export_ply(gaussians, exports / f"{name}.ply")
         figures: dict[str, Any] = {**result.figures, "size_mb": ply.stat().st_size / 1e6, "ply": str(ply)}
         models = {name: {**figures, "train_s": record["train_s"]}}
         if student:
@@ -996,26 +999,25 @@ def save_views(folder: Path, ground_truth: list, renders: list) -> None:
         imageio.imwrite(folder / f"render_{index}.png", render)
 
 
-def write_page_view(pipeline: Any, views: Path, name: str) -> None:
-    """What report.html shows of a model: its ``.splat`` records (nerfstudio's frame) and the first test camera."""
-    from distilled3dgs_ns.compression import gaussians_of
+def write_page_view(pipeline: Any, gaussians: Any, views: Path, name: str) -> None:
+    """What report.html shows of a model (``gaussians``, in nerfstudio's frame): its ``.splat`` records and the
+    pipeline's first test camera."""
     from distilled3dgs_ns.compression.splat import splat_bytes
     from distilled3dgs_ns.durable import write_atomic
     from distilled3dgs_ns.report_html import camera_file, camera_json, splat_file
 
-    gaussians = gaussians_of(pipeline.model)
     views.mkdir(parents=True, exist_ok=True)
     write_atomic(splat_file(views, name), splat_bytes(gaussians))
     camera = pipeline.datamanager.fixed_indices_eval_dataloader[0][0]
     write_json_atomic(camera_file(views), camera_json(camera, gaussians.means))
 
 
-def export_ply(model: Any, path: Path) -> Path:
-    """The model as a standard 3DGS PLY (what ns-export gaussian-splat writes)."""
-    from distilled3dgs_ns.compression import gaussians_of, write_ply
+def export_ply(gaussians: Any, path: Path) -> Path:
+    """The Gaussians as a standard 3DGS PLY (what ns-export gaussian-splat writes)."""
+    from distilled3dgs_ns.compression import write_ply
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_ply(path, gaussians_of(model))
+    write_ply(path, gaussians)
     return path
 
 

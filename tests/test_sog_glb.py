@@ -32,6 +32,7 @@ from distilled3dgs_ns.compression.glb import (
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of, model_params
 from distilled3dgs_ns.compression.sog import SogError, palette_size, read_sog, scalar_codebook, write_sog
 from distilled3dgs_ns.compression.spz import spz_bytes
+from distilled3dgs_ns.rasterization.projection import quat_scale_to_covar
 
 TOLERANCE = {"means": 2e-4, "quats": 0.995, "opacity": 0.5 / 255 + 1e-6}
 
@@ -268,14 +269,4 @@ def test_our_glb_matches_splat_transforms_from_the_same_ply(model, tmp_path):
 
 
 def _covariances(g: CompactGaussians) -> torch.Tensor:
-    w, x, y, z = _unit(g.quats).unbind(-1)
-    rotation = torch.stack(
-        [
-            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
-    scaled = rotation * torch.exp(g.scales.double())[:, None, :]
-    return scaled @ scaled.transpose(1, 2)
+    return quat_scale_to_covar(g.quats.double(), torch.exp(g.scales.double()))

@@ -77,7 +77,7 @@ def glb_attributes(gaussians: CompactGaussians) -> dict[str, np.ndarray]:
 
 
 def _accessor(values: np.ndarray, buffer_view: int | None) -> dict[str, Any]:
-    kind = {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[values.shape[1]]
+    kind = next(name for name, width in COMPONENTS.items() if width == values.shape[1])
     accessor: dict[str, Any] = {"componentType": FLOAT, "count": len(values), "type": kind}
     if buffer_view is not None:
         accessor["bufferView"] = buffer_view

@@ -29,7 +29,7 @@ from PIL import Image
 
 from distilled3dgs_ns.compression.codebook import train_codebook
 from distilled3dgs_ns.compression.compact_format import CompactGaussians
-from distilled3dgs_ns.compression.compressed_ply import morton_order
+from distilled3dgs_ns.compression.compressed_ply import OTHERS, morton_order
 from distilled3dgs_ns.compression.ply import ply_properties
 from distilled3dgs_ns.durable import write_atomic
 from distilled3dgs_ns.errors import UserError
@@ -106,7 +106,7 @@ def _pack_quats(quats_wxyz: np.ndarray) -> np.ndarray:
     q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True).clip(1e-12)
     largest = np.abs(q).argmax(axis=1)
     q = q * np.where(q[np.arange(len(q)), largest] < 0, -1.0, 1.0)[:, None]
-    others = np.array([[j for j in range(4) if j != i] for i in range(4)])[largest]
+    others = OTHERS[largest]
     kept = np.take_along_axis(q, others, axis=1) * math.sqrt(2.0)
     rgb = np.clip(np.round((kept * 0.5 + 0.5) * 255.0), 0, 255)
     return np.concatenate([rgb, (ROTATION_TAG + largest)[:, None]], axis=1).astype(np.uint8)
@@ -118,7 +118,7 @@ def _unpack_quats(pixels: np.ndarray) -> np.ndarray:
     valid = (largest >= 0) & (largest <= 3)
     largest = np.where(valid, largest, 0)
     q = np.zeros((len(pixels), 4))
-    others = np.array([[j for j in range(4) if j != i] for i in range(4)])[largest]
+    others = OTHERS[largest]
     np.put_along_axis(q, others, kept, axis=1)
     q[np.arange(len(q)), largest] = np.sqrt(np.clip(1.0 - (kept**2).sum(axis=1), 0.0, None))
     q[~valid] = (1.0, 0.0, 0.0, 0.0)
