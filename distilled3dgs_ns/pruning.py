@@ -5,7 +5,9 @@ area_max) and LightGaussian's global significance.
 Selections: importance-proportional sampling without replacement, a cumulative-mass cut, a lowest-share cut and a
 top-count cut; all return boolean *keep* masks. ``prune_gaussians`` applies a keep mask to parameters, Adam state and
 strategy state. ``PruneSchedule`` is the student's prune events as a small strategy (gsplat's idiom): it resolves
-them from run fractions and applies them in ``step_post_backward``, so it can be tested without a model.
+them from run fractions and applies them in ``step_post_backward``; ``DensifyBudget`` says when the student densifies
+and up to what count; ``PRUNE_SCORES`` turns a score's name into the passes over the training views it needs. All three
+can be tested without a model.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from gsplat.strategy.ops import remove
@@ -60,6 +62,51 @@ def top_contribution_score(top_counts: Tensor, blending_weights: Tensor) -> Tens
     A Gaussian that dominates a few pixels outranks one that adds a little everywhere: what a count budget keeps
     should be the Gaussians whose removal changes pixels most."""
     return top_counts.to(blending_weights) + blending_weights / (2 * blending_weights.max().clamp_min(1e-30))
+
+
+class TrainingViewMeasures(Protocol):
+    """Per-Gaussian measures over the training views that the prune scores are made of (the student provides them)."""
+
+    def blending_importance(self) -> Tensor:
+        """Summed blending weight ``[N]`` by one backward pass per view (any rasteriser)."""
+        ...
+
+    def top_contributions_and_weights(self) -> tuple[Tensor, Tensor]:
+        """Top-contributor pixel counts and summed blending weights ``[N]`` from one forward pass per view."""
+        ...
+
+    def significance(self) -> Tensor:
+        """LightGaussian's global significance ``[N]``."""
+        ...
+
+
+ScoreAndTops = tuple[Tensor, Tensor | None]
+"""A prune score ``[N]`` and, for the intersection filter, the top-contributor pixel counts ``[N]`` (else None)."""
+
+
+def _blending_weight_score(views: TrainingViewMeasures, top_filter: bool) -> ScoreAndTops:
+    if not top_filter:
+        return views.blending_importance(), None
+    tops, weights = views.top_contributions_and_weights()  # the filter's pass gives the weights too
+    return weights, tops
+
+
+def _top_contributions_score(views: TrainingViewMeasures, top_filter: bool) -> ScoreAndTops:
+    tops, weights = views.top_contributions_and_weights()
+    return top_contribution_score(tops, weights), tops if top_filter else None
+
+
+def _significance_score(views: TrainingViewMeasures, top_filter: bool) -> ScoreAndTops:
+    return views.significance(), views.top_contributions_and_weights()[0] if top_filter else None
+
+
+PRUNE_SCORES: dict[PruneScore, Callable[[TrainingViewMeasures, bool], ScoreAndTops]] = {
+    "blending-weight": _blending_weight_score,
+    "top-contributions": _top_contributions_score,
+    "global-significance": _significance_score,
+}
+"""Each ``PruneScore``: the score and, with the intersection filter (the bool), the top-contributor counts, from the
+fewest passes over the training views."""
 
 
 def _percentile(values: Tensor, q: float) -> Tensor:
@@ -175,6 +222,24 @@ def top_count_mask(scores: Tensor, count: int) -> Tensor:
     return keep & (scores > 0)
 
 
+@torch.no_grad()
+def restart_adam(
+    params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
+    optimizers: dict[str, torch.optim.Optimizer],
+    values: dict[str, Tensor] | None = None,
+) -> None:
+    """Replace every parameter by a fresh one (``values``, default the current ones) with empty Adam state, as the
+    official code's ``training_setup`` after each prune: moments gathered before a prune point the survivors the
+    wrong way."""
+    values = dict(params) if values is None else values
+    for name in list(params.keys()):
+        param = torch.nn.Parameter(values[name].detach().clone())
+        optimizer = optimizers[name]
+        optimizer.state.pop(optimizer.param_groups[0]["params"][0], None)
+        optimizer.param_groups[0]["params"] = [param]
+        params[name] = param
+
+
 def prune_gaussians(
     params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
     optimizers: dict[str, torch.optim.Optimizer],
@@ -279,6 +344,10 @@ class PruneSchedule:
     top_filter: bool = False
     seed: int = 0
     run_length: int = 30_000
+    reinitialize_after_sample: bool = False
+    """Re-initialise the Gaussians the sampling prune keeps (the official code's)."""
+    fresh_optimizer: bool = False
+    """Restart Adam after every other prune."""
 
     def __post_init__(self) -> None:
         for event in self.events:
@@ -345,6 +414,12 @@ class PruneSchedule:
             count = round(n * (count / n) ** (1 / event.stages_left))
         return top_count_mask(importance, count)
 
+    def restart_after(self, event: PruneEvent) -> Literal["reinitialize", "optimizer"] | None:
+        """What follows ``event``: re-initialised Gaussians (fresh Adam state too), fresh Adam state, or nothing."""
+        if event.kind == "sample" and self.reinitialize_after_sample:
+            return "reinitialize"
+        return "optimizer" if self.fresh_optimizer else None
+
     def step_post_backward(
         self,
         params: torch.nn.ParameterDict | dict[str, torch.nn.Parameter],
@@ -361,3 +436,26 @@ class PruneSchedule:
             prune_gaussians(params, optimizers, state, self.keep_mask(event, importance, top_counts))
             results.append(PruneResult(event, step, before, len(next(iter(params.values())))))
         return results
+
+
+@dataclass
+class DensifyBudget:
+    """When the student densifies and up to what count: until ``stop`` (its first prune, or where splitting stops)
+    under ``cap``; and again, capped at the schedule's count budget, while its count cuts have left fewer Gaussians
+    than the budget (``PruneSchedule.regrow_until``). ``limits`` depends on the step and the count alone, so a resumed
+    run decides the same; ``CappedStrategy`` applies it at every step."""
+
+    schedule: PruneSchedule
+    stop: int
+    cap: int | None = None
+    regrowing: bool = False
+    """Whether the last ``limits`` call regrew (the student logs when it starts)."""
+
+    def limits(self, step: int, count: int) -> tuple[int, int | None]:
+        """``(the step densification stops at, the most Gaussians it may grow to)`` at ``step`` with ``count``."""
+        until = self.schedule.regrow_until(step, count)
+        self.regrowing = until is not None
+        budget = self.schedule.count_budget()
+        if until is None or budget is None:
+            return self.stop, self.cap
+        return until, budget if self.cap is None else min(self.cap, budget)

@@ -3,7 +3,8 @@
 gsplat 1.4 has no cap on the count, which a same-budget comparison (and a student densified to a budget) needs;
 Mini-Splatting (the official Distilled-3DGS student) also splits Gaussians that cover much of a view as its top
 contributor ("blur"), whatever their gradient. Both are small changes to the grow step, so they live here, beside
-nothing else, for teacher and student alike.
+nothing else, for teacher and student alike; a student's ``DensifyBudget`` (pruning.py) moves the cap and the stop
+as its prunes require.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import duplicate, split
 from torch import Tensor
+
+from distilled3dgs_ns.pruning import DensifyBudget
 
 BLUR_KEY = "top_contributions"
 """``info`` key of the step's per-Gaussian top-contributor pixel counts ``[N]`` (set by the model for blur split)."""
@@ -31,13 +34,17 @@ class CappedStrategy(DefaultStrategy):
     When more Gaussians qualify than the budget allows, the ones with the largest view-space gradient grow; the
     official code instead skips densification altogether once the count reaches its maximum. With
     ``blur_split_area``, a Gaussian that was the top contributor of more than that share of a view's pixels (the
-    step's ``info[BLUR_KEY]``) since the last refinement is split at the next one, whatever its gradient.
+    step's ``info[BLUR_KEY]``) since the last refinement is split at the next one, whatever its gradient. With a
+    ``budget``, ``refine_stop_iter`` and ``max_gaussians`` are the budget's limits at every step.
     """
 
     max_gaussians: int | None = None
     blur_split_area: float | None = None
+    budget: DensifyBudget | None = None
 
     def step_post_backward(self, params, optimizers, state, step, info, packed=False) -> None:
+        if self.budget is not None:
+            self.refine_stop_iter, self.max_gaussians = self.budget.limits(step, len(params["means"]))
         if self.blur_split_area is not None and step < self.refine_stop_iter and BLUR_KEY in info:
             n = len(params["means"])
             if not isinstance(state.get("blur"), Tensor) or state["blur"].shape != (n,):

@@ -38,18 +38,21 @@ from distilled3dgs_ns.portable_splatfacto import (
     PortableSplatfactoModelConfig,
 )
 from distilled3dgs_ns.pruning import (
+    PRUNE_SCORES,
+    DensifyBudget,
     PruneEvent,
     PruneResult,
     PruneSchedule,
     PruneScore,
+    ScoreAndTops,
     accumulated_blending_weight,
     prune_gaussians,
+    restart_adam,
     staged_count_events,
-    top_contribution_score,
 )
 from distilled3dgs_ns.rasterization import hit_counts, rasterization
 from distilled3dgs_ns.schedules import RunWindow, paper_fraction, to_step
-from distilled3dgs_ns.significance import significance_scores, training_hit_counts, training_top_contributions
+from distilled3dgs_ns.significance import significance_scores, training_top_contributions
 from distilled3dgs_ns.strategy import BLUR_KEY, NO_RESET, CappedStrategy
 from distilled3dgs_ns.structure_loss import StructureLoss, StructureLossConfig
 from distilled3dgs_ns.teachers import TeacherEnsemble, composite
@@ -167,7 +170,14 @@ def prune_schedule_of(config: StudentModelConfig, run_length: int) -> PruneSched
         events += staged_count_events(
             config.prune_count, config.prune_count_at, config.prune_count_until, config.prune_count_stages
         )
-    return PruneSchedule(events, top_filter=config.prune_top_filter, seed=config.prune_seed, run_length=run_length)
+    return PruneSchedule(
+        events,
+        top_filter=config.prune_top_filter,
+        seed=config.prune_seed,
+        run_length=run_length,
+        reinitialize_after_sample=config.prune_reinitialize,
+        fresh_optimizer=config.prune_fresh_optimizer,
+    )
 
 
 class StudentModel(PortableSplatfactoModel):
@@ -222,9 +232,9 @@ class StudentModel(PortableSplatfactoModel):
         """Resolve the run-fraction schedules; densification stops at the first prune."""
         super().set_run_length(run_length)
         self.prune_schedule = prune_schedule_of(self.config, run_length)
-        self.densify_stop = min([self.config.stop_split_at, *self.prune_steps()])
-        self.strategy.refine_stop_iter = self.densify_stop
-        self.regrowing = False
+        stop = min([self.config.stop_split_at, *self.prune_steps()])
+        self.strategy.budget = DensifyBudget(self.prune_schedule, stop, self.config.max_gaussians)
+        self.strategy.refine_stop_iter = stop
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -317,36 +327,26 @@ class StudentModel(PortableSplatfactoModel):
             )
 
     def step_post_backward(self, step: int) -> None:
-        """Densify (until the first prune, or while the cuts have left fewer than the budget), then prune when
-        scheduled."""
-        self._regrow_below_budget(step)
+        """Densify as the strategy's budget allows, then prune when scheduled."""
+        budget, before = self.strategy.budget, self.num_points
+        regrowing = budget is not None and budget.regrowing
         super().step_post_backward(step)
+        if budget is not None and budget.regrowing and not regrowing:
+            CONSOLE.log(
+                f"step {step}: the cuts left {before} Gaussians, below the budget of "
+                f"{self.prune_schedule.count_budget()} (Gaussians without weight in any training view go); "
+                f"densifying up to it until step {self.strategy.refine_stop_iter}"
+            )
         results = self.prune_schedule.step_post_backward(
-            self.gauss_params, self.optimizers, self.strategy_state, step, self._scores_for_pruning
+            self.gauss_params, self.optimizers, self.strategy_state, step, self.prune_scores
         )
         for result in results:
             self._log_prune(result)
-            if result.event.kind == "sample" and self.config.prune_reinitialize:
+            restart = self.prune_schedule.restart_after(result.event)
+            if restart == "reinitialize":
                 self.reinitialize_gaussians()
-            elif self.config.prune_fresh_optimizer:
-                self.restart_optimizers()
-
-    def _regrow_below_budget(self, step: int) -> None:
-        """Resume densification, capped at the budget, while the count cuts have left fewer Gaussians than it."""
-        until = self.prune_schedule.regrow_until(step, self.num_points)
-        if (until is not None) != self.regrowing:
-            self.regrowing = until is not None
-            if self.regrowing:
-                CONSOLE.log(
-                    f"step {step}: the cuts left {self.num_points} Gaussians, below the budget of "
-                    f"{self.prune_schedule.count_budget()} (Gaussians without weight in any training view go); "
-                    f"densifying up to it until step {until}"
-                )
-        self.strategy.refine_stop_iter = self.densify_stop if until is None else until
-        cap, budget = self.config.max_gaussians, self.prune_schedule.count_budget()
-        if until is not None and budget is not None:
-            cap = budget if cap is None else min(cap, budget)
-        self.strategy.max_gaussians = cap
+            elif restart == "optimizer":
+                restart_adam(self.gauss_params, self.optimizers)
 
     def _prune(self, keep: Tensor, how: str, step: int) -> None:
         """Remove the Gaussians outside ``keep`` now (outside the schedule; tests and tools)."""
@@ -361,28 +361,18 @@ class StudentModel(PortableSplatfactoModel):
         writer.put_scalar(name=f"student/pruned_to/{criterion}", scalar=result.after, step=result.step)
         self.gaussian_count.value = self.num_points
 
-    def _scores_for_pruning(self) -> tuple[Tensor, Tensor | None]:
-        """The prune score and, for the intersection filter, the top-contributor counts; the blending weights and the
-        counts come from one forward pass per view when both are needed."""
-        top_filter, score = self.prune_schedule.top_filter, self.config.prune_score
-        if score == "global-significance" or (score == "blending-weight" and not top_filter):
-            return self.prune_scores(), self.top_contributions() if top_filter else None
-        tops, weights = training_top_contributions(self, self._importance_views())
-        if score == "top-contributions":
-            weights = top_contribution_score(tops, weights)
-        return weights, tops if top_filter else None
+    def prune_scores(self) -> ScoreAndTops:
+        """Each Gaussian's ``prune_score`` over the training views ``[N]`` and, for the intersection filter, the
+        pixels where it is the top contributor (``PRUNE_SCORES``; this model provides the measures)."""
+        return PRUNE_SCORES[self.config.prune_score](self, self.prune_schedule.top_filter)
 
-    def top_contributions(self) -> Tensor:
-        """Per Gaussian, the training pixels where it is the top contributor ``[N]`` (the intersection filter's)."""
-        return training_hit_counts(self, self._importance_views(), top_contributor=True)
+    def top_contributions_and_weights(self) -> tuple[Tensor, Tensor]:
+        """Per Gaussian, the training pixels where it is the top contributor and its summed blending weight ``[N]``."""
+        return training_top_contributions(self, self._importance_views())
 
-    def prune_scores(self) -> Tensor:
-        """Each Gaussian's ``prune_score`` over the training views ``[N]``."""
-        if self.config.prune_score == "global-significance":
-            return significance_scores(self, self._importance_views(), beta=self.config.significance_beta)
-        if self.config.prune_score == "top-contributions":
-            return top_contribution_score(*training_top_contributions(self, self._importance_views()))
-        return self.blending_importance()
+    def significance(self) -> Tensor:
+        """LightGaussian's global significance over the training views ``[N]``."""
+        return significance_scores(self, self._importance_views(), beta=self.config.significance_beta)
 
     def _importance_views(self) -> Cameras:
         if self.importance_views is None:
@@ -418,19 +408,7 @@ class StudentModel(PortableSplatfactoModel):
         values["quats"] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=self.device).repeat(n, 1)
         values["opacities"] = torch.full((n, 1), math.log(REINIT_OPACITY / (1 - REINIT_OPACITY)), device=self.device)
         values["features_rest"] = torch.zeros_like(self.features_rest)
-        self.restart_optimizers(values)
-
-    @torch.no_grad()
-    def restart_optimizers(self, values: dict[str, Tensor] | None = None) -> None:
-        """Fresh parameters (``values``, default the current ones) with empty Adam state, as the official code's
-        ``training_setup`` after each prune: moments gathered before a prune point the survivors the wrong way."""
-        values = dict(self.gauss_params) if values is None else values
-        for name in GAUSSIAN_PARAM_NAMES:
-            param = torch.nn.Parameter(values[name].detach().clone())
-            optimizer = self.optimizers[name]
-            optimizer.state.pop(optimizer.param_groups[0]["params"][0], None)
-            optimizer.param_groups[0]["params"] = [param]
-            self.gauss_params[name] = param
+        restart_adam(self.gauss_params, self.optimizers, values)
 
     # ------------------------------------------------------------------------------------------- viewer
 

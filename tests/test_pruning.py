@@ -4,6 +4,7 @@ optimizer-consistent pruning."""
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
@@ -14,13 +15,17 @@ from test_rasterization import look_at, make_scene
 
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModelConfig
 from distilled3dgs_ns.pruning import (
+    PRUNE_SCORES,
+    DensifyBudget,
     PruneEvent,
     PruneSchedule,
+    PruneScore,
     accumulated_blending_weight,
     global_significance,
     lowest_share_mask,
     mass_cut,
     prune_gaussians,
+    restart_adam,
     sample_by_importance,
     staged_count_events,
     top_contribution_score,
@@ -28,6 +33,7 @@ from distilled3dgs_ns.pruning import (
 )
 from distilled3dgs_ns.rasterization import composite, hit_counts, top_contributions
 from distilled3dgs_ns.significance import significance_scores
+from distilled3dgs_ns.strategy import CappedStrategy
 
 F64 = torch.float64
 GEOMETRY = ("means", "quats", "scales", "opacities", "viewmats", "Ks", "width", "height")
@@ -468,3 +474,90 @@ def test_the_schedule_regrows_only_between_count_cuts_that_left_it_below_its_bud
     assert schedule.regrow_until(40, 100) is None and schedule.regrow_until(90, 100) is None  # after the last cut
     other = PruneSchedule([PruneEvent("mass", 0.2, 0.9), PruneEvent("share", 0.3, 0.5)], run_length=100)
     assert other.count_budget() is None and other.regrow_until(25, 1) is None
+
+
+def test_the_densify_budget_stops_at_the_first_prune_and_regrows_capped_at_the_budget():
+    schedule = PruneSchedule(staged_count_events(250, 0.1, 0.4, 4), run_length=100)  # cuts at 10, 20, 30, 40
+    budget = DensifyBudget(schedule, stop=10, cap=1000)
+    assert budget.limits(5, 100) == (10, 1000) and not budget.regrowing  # before the cuts: the model's own
+    assert budget.limits(12, 100) == (40, 250) and budget.regrowing  # below the budget between cuts
+    assert budget.limits(13, 260) == (10, 1000) and not budget.regrowing  # at or above it: stopped again
+    assert DensifyBudget(schedule, stop=10, cap=200).limits(12, 100) == (40, 200)  # the tighter cap wins
+    assert DensifyBudget(schedule, stop=10).limits(12, 100) == (40, 250)
+    assert budget.limits(45, 100) == (10, 1000)  # after the last cut: no growth
+
+
+def test_the_densify_budget_moves_the_capped_strategy():
+    schedule = PruneSchedule(staged_count_events(8, 0.0, 0.5, 2), run_length=10)  # cuts at 0 and 5
+    strategy = CappedStrategy(refine_stop_iter=3, max_gaussians=50, budget=DensifyBudget(schedule, stop=3, cap=50))
+    params, optimizers = _params_and_adam(4)
+    state = strategy.initialize_state(scene_scale=1.0)
+    means2d = torch.zeros(1, 4, 2, requires_grad=True)
+    means2d.grad = torch.zeros_like(means2d)
+    info = {"means2d": means2d, "width": 8, "height": 8, "n_cameras": 1, "radii": torch.zeros(1, 4)}
+    info["gaussian_ids"] = None
+    strategy.step_post_backward(params, optimizers, state, 2, info)  # 4 < 8 between the cuts
+    assert (strategy.refine_stop_iter, strategy.max_gaussians) == (5, 8)
+    strategy.step_post_backward(params, optimizers, state, 6, info)
+    assert (strategy.refine_stop_iter, strategy.max_gaussians) == (3, 50)
+
+
+class _Measures:
+    """Fake training-view measures that record which passes a score asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.tops, self.weights = torch.tensor([0, 3, 1]), torch.tensor([0.5, 0.2, 0.4])
+
+    def blending_importance(self) -> torch.Tensor:
+        self.calls.append("backward")
+        return self.weights
+
+    def top_contributions_and_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append("forward")
+        return self.tops, self.weights
+
+    def significance(self) -> torch.Tensor:
+        self.calls.append("significance")
+        return torch.tensor([1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("score", "top_filter", "passes", "expected"),
+    [
+        ("blending-weight", False, ["backward"], [0.5, 0.2, 0.4]),
+        ("blending-weight", True, ["forward"], [0.5, 0.2, 0.4]),  # the filter's pass gives the weights
+        ("top-contributions", False, ["forward"], [0.5, 3.2, 1.4]),
+        ("top-contributions", True, ["forward"], [0.5, 3.2, 1.4]),
+        ("global-significance", False, ["significance"], [1.0, 2.0, 3.0]),
+        ("global-significance", True, ["significance", "forward"], [1.0, 2.0, 3.0]),
+    ],
+)
+def test_each_prune_score_takes_the_fewest_passes(score, top_filter, passes, expected):
+    measures = _Measures()
+    values, tops = PRUNE_SCORES[score](measures, top_filter)
+    assert measures.calls == passes
+    torch.testing.assert_close(values, torch.tensor(expected))
+    assert (tops is measures.tops) if top_filter else tops is None
+
+
+def test_every_prune_score_has_one_entry():
+    assert set(PRUNE_SCORES) == set(get_args(PruneScore))
+
+
+def test_restart_adam_gives_fresh_parameters_without_moments():
+    params, optimizers = _params_and_adam(5)
+    old = params["means"]
+    restart_adam(params, optimizers, {**params, "means": torch.zeros(5, 3)})
+    assert params["means"] is not old and torch.equal(params["means"].detach(), torch.zeros(5, 3))
+    for name, param in params.items():
+        assert optimizers[name].param_groups[0]["params"][0] is param and param not in optimizers[name].state
+
+
+def test_the_schedule_says_what_follows_each_prune():
+    sample, mass = PruneEvent("sample", 0.1, 0.9), PruneEvent("mass", 0.2, 0.99)
+    plain = PruneSchedule([sample, mass])
+    assert plain.restart_after(sample) is None and plain.restart_after(mass) is None
+    official = PruneSchedule([sample, mass], reinitialize_after_sample=True, fresh_optimizer=True)
+    assert official.restart_after(sample) == "reinitialize" and official.restart_after(mass) == "optimizer"
+    assert PruneSchedule([sample], fresh_optimizer=True).restart_after(sample) == "optimizer"

@@ -21,7 +21,7 @@ from distilled3dgs_ns import student as student_module
 from distilled3dgs_ns.method_configs import splatfacto_optimizers
 from distilled3dgs_ns.pruning import lowest_share_mask, mass_cut, top_contribution_score
 from distilled3dgs_ns.schedules import RunWindow
-from distilled3dgs_ns.significance import significance_scores
+from distilled3dgs_ns.significance import significance_scores, training_hit_counts
 from distilled3dgs_ns.student import TEACHER_TARGET, StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig, interpolate_camera, jitter_camera
 from distilled3dgs_ns.teacher import TeacherModelConfig
@@ -291,13 +291,14 @@ def test_share_prune_by_significance_fires_once_with_an_exact_count_and_consiste
     prune_scores = model.prune_scores
 
     def spy():
-        scores = prune_scores()
+        scores, tops = prune_scores()
+        assert tops is None  # no intersection filter
         expected = significance_scores(model, model.importance_views, beta=0.2)
         seen.update(scores=scores, expected=expected, means=model.means.detach().clone())
         seen["moments"] = {
             n: optimizers.optimizers[n].state[p]["exp_avg"].clone() for n, p in model.gauss_params.items()
         }
-        return scores
+        return scores, tops
 
     model.prune_scores = spy
     for step in range(10):
@@ -329,9 +330,9 @@ def test_prune_scores_with_the_filter_come_from_one_pass_equal_to_the_backward_o
     model.set_run_length(20)
     model.train()
     _train_step(model, _optimizers(model), 0, {"image": torch.rand(SIZE, SIZE, 3)})
-    weights, tops = model._scores_for_pruning()
+    weights, tops = model.prune_scores()
     torch.testing.assert_close(weights, model.blending_importance(), rtol=1e-4, atol=1e-5)
-    assert torch.equal(tops, model.top_contributions())
+    assert torch.equal(tops, training_hit_counts(model, model.importance_views, top_contributor=True))
     assert (weights[:150] > 0).sum() > 100 and (weights[150:] == 0).all() and (tops > 0).sum() > 20
 
 
@@ -341,11 +342,11 @@ def test_the_top_contribution_score_ranks_the_cuts():
     model.set_run_length(20)
     model.train()
     _train_step(model, _optimizers(model), 0, {"image": torch.rand(SIZE, SIZE, 3)})
-    score, tops = model._scores_for_pruning()
-    expected = top_contribution_score(model.top_contributions(), model.blending_importance())
+    score, tops = model.prune_scores()
+    counts = training_hit_counts(model, model.importance_views, top_contributor=True)
+    expected = top_contribution_score(counts, model.blending_importance())
     torch.testing.assert_close(score, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.prune_scores(), expected, rtol=1e-5, atol=1e-6)
-    assert torch.equal(tops, model.top_contributions()) and len(set(score.floor().tolist())) > 3
+    assert torch.equal(tops, counts) and len(set(score.floor().tolist())) > 3
 
 
 def test_every_prune_event_uses_the_configured_score(monkeypatch: pytest.MonkeyPatch):
@@ -474,6 +475,7 @@ def test_fresh_optimizer_after_every_prune_when_asked():
         model = _student_with_unseen_half()
         model.config.prune_fresh_optimizer = fresh
         model.config.prune_reinitialize = False
+        model.set_run_length(20)  # the schedule is resolved from the config
         optimizers = _optimizers(model)
         batch = {"image": torch.rand(SIZE, SIZE, 3)}
         for step in range(16):  # prunes at 10 and 15
