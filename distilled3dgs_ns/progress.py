@@ -11,6 +11,11 @@ Advance = Callable[..., None]
 """``advance(steps=1, status="")``: move the bar on and show a short status (a loss, a distortion)."""
 
 
+REFRESH_PER_SECOND = 2
+"""Redraws per second (rich's default is 10): bars of minutes-long work lose nothing at 2, and a process that only
+waits for its trainings (distilled3dgs-run) leaves the cores to them."""
+
+
 def progress_display(transient: bool = True) -> Progress:
     """The plugin's rich ``Progress``; several bars at once (e.g. parallel trainings) need ``status=""`` per task."""
     return Progress(
@@ -21,6 +26,7 @@ def progress_display(transient: bool = True) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         transient=transient,
+        refresh_per_second=REFRESH_PER_SECOND,
     )
 
 

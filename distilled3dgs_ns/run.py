@@ -1,7 +1,7 @@
 """``distilled3dgs-run``: teachers, student, evaluation, export and report in one resumable command.
 
-Stages, in order (each one's record in ``<output-dir>/stages/`` marks it finished; ``Run.stage_inputs`` is the
-graph)::
+Stages, in order (each one's record in ``<output-dir>/stages/`` marks it finished; ``Run.stages`` is the one list
+the run executes, ``--redo`` follows and the up-front option check builds)::
 
     scene (embedded scene only) -> teacher-<variant> ... -> student [-> baseline-* (--baselines)]
         -> eval-<model> ... -> report
@@ -707,6 +707,47 @@ class Run:
             Training(stage="baseline-capped", method=TEACHER_METHOD, steps=steps, options=capped),
         ]
 
+    def stages(self) -> list[Stage]:
+        """Every stage of the run in the order it runs, each with the stages it consumes and how it runs."""
+        cfg = self.config
+        teachers = self.teacher_stages()
+        teacher_configs = [self.runs / name / TEACHER_METHOD / TIMESTAMP / "config.yml" for name in teachers]
+        stages = [
+            Stage("scene", (), run=lambda done: None if cfg.data is not None else self.stage_scene(self.scene_path()))
+        ]
+        stages += [Stage(t.stage, ("scene",), training=lambda known, t=t: t) for t in self.teacher_trainings()]
+        stages.append(
+            Stage(
+                "student",
+                ("scene", *teachers),
+                training=lambda known: self.student_training(teacher_configs, known.need_teacher_count()),
+            )
+        )
+        for name in BASELINES if cfg.baselines else ():
+            inputs = ("scene", "student", self.standard_stage())
+            if name == "baseline-no-kd" and cfg.student_is_no_kd:
+                stages.append(Stage(name, inputs, run=lambda done: done["student"]))
+                continue
+
+            def baseline(known: Known, name: str = name) -> Training:
+                trainings = self.baseline_trainings(
+                    self.standard_config(), known.need_teacher_count(), known.need_student()
+                )
+                return next(training for training in trainings if training.stage == name)
+
+            stages.append(Stage(name, inputs, training=baseline))
+        models = self.model_stages()
+        for name in models:
+            stages.append(
+                Stage(
+                    f"eval-{name}",
+                    (name,),
+                    run=lambda done, n=name: self.stage_eval(n, done[n], student=n == "student"),
+                )
+            )
+        stages.append(Stage("report", tuple(f"eval-{name}" for name in models), run=self.stage_report))
+        return stages
+
     def teacher_stages(self) -> list[str]:
         return [f"teacher-{variant}" for variant in self.config.variants]
 
@@ -719,16 +760,8 @@ class Run:
         return [*self.teacher_stages(), "student", *(BASELINES if self.config.baselines else ())]
 
     def stage_inputs(self) -> dict[str, list[str]]:
-        """Every stage and the stages whose results it consumes: the one description of the run's graph."""
-        teachers = self.teacher_stages()
-        graph: dict[str, list[str]] = {"scene": [], **{name: ["scene"] for name in teachers}}
-        graph["student"] = ["scene", *teachers]
-        for name in BASELINES if self.config.baselines else ():
-            graph[name] = ["scene", "student", self.standard_stage()]
-        for name in self.model_stages():
-            graph[f"eval-{name}"] = [name]
-        graph["report"] = [f"eval-{name}" for name in self.model_stages()]
-        return graph
+        """Every stage and the stages whose results it consumes (from ``stages``)."""
+        return {stage.name: list(stage.inputs) for stage in self.stages()}
 
     @staticmethod
     def dependents(stages: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -767,16 +800,11 @@ class Run:
         return self.runs / self.standard_stage() / TEACHER_METHOD / TIMESTAMP / "config.yml"
 
     def planned_trainings(self, teacher_count: int, student_count: int) -> list[Training]:
-        """Every training of the run before any has run: the teachers' configs where they will be, the baselines at
-        stand-in counts for the teacher's and the student's results."""
-        teachers = [self.runs / name / TEACHER_METHOD / TIMESTAMP / "config.yml" for name in self.teacher_stages()]
-        trainings = [*self.teacher_trainings(), self.student_training(teachers, teacher_count)]
-        if self.config.baselines:
-            # a stand-in for the student's result, with its schedule (its count cut, or the paper's last prune)
-            has_cut = self.config.student_budget_share is not None
-            stand_in = StudentResult(student_count, self.config.student_budget_until, has_cut)
-            trainings += self.baseline_trainings(self.standard_config(), teacher_count, stand_in)
-        return trainings
+        """Every training of the run before any has run, at stand-in counts for the teacher's and the student's
+        results (the student's with its schedule: its count cut, or the paper's last prune)."""
+        has_cut = self.config.student_budget_share is not None
+        known = Known(teacher_count, StudentResult(student_count, self.config.student_budget_until, has_cut))
+        return [stage.training(known) for stage in self.stages() if stage.training is not None]
 
     def check_all_options(self, data: Path) -> None:
         """Every training's command line parses (with stand-in counts) before anything trains."""
@@ -921,15 +949,51 @@ class Run:
 
     # -- everything
 
-    def __call__(self) -> Path:
+    def stage_report(self, done: dict[str, Any]) -> Path:
         from distilled3dgs_ns.report import write_report
 
+        evaluations = {name: done[f"eval-{name}"] for name in self.model_stages()}
+        return write_report(self.output_dir, self.config, evaluations, device=device_type_of(self.config))
+
+    def known(self, done: dict[str, Any]) -> Known:
+        """What the finished stages in ``done`` tell the later command lines."""
+        standard, student = done.get(self.standard_stage()), done.get("student")
+        return Known(
+            None if standard is None else gaussian_count(standard),
+            None
+            if student is None or not self.config.baselines
+            else StudentResult.of(student, self.config.student_steps),
+        )
+
+    def execute(self, stages: list[Stage], data: Path, gpus: list[str]) -> dict[str, Any]:
+        """Run ``stages`` in order, consecutive trainings that do not consume each other together (in parallel over
+        the GPUs or ``--jobs``); returns every stage's result."""
+        done: dict[str, Any] = {}
+        batch: list[Stage] = []
+
+        def train_batch() -> None:
+            known = self.known(done)
+            done.update(self.train_stages([stage.training(known) for stage in batch], data, gpus))
+            batch.clear()
+
+        for stage in stages:
+            if batch and (stage.training is None or set(stage.inputs) & {b.name for b in batch}):
+                train_batch()
+            if stage.training is not None:
+                batch.append(stage)
+            else:
+                done[stage.name] = stage.run(done)
+        if batch:
+            train_batch()
+        return done
+
+    def __call__(self) -> Path:
         cfg = self.config
         self.prepare_output_dir()
         self.forget(cfg.redo)
         data = self.scene_path()
-        if cfg.data is None:
-            self.stage_scene(data)
+        scene, *stages = self.stages()
+        scene.run({})  # first: the checks below read the scene
         self.check_data(data)
         gpus = cfg.gpu_ids()
         if gpus and device_type_of(cfg) != "cuda":
@@ -941,23 +1005,7 @@ class Run:
         self.check_all_options(data)
         if warning := cfg.early_cut_warning():
             self.log(f"Warning: {warning}")
-        trained = self.train_stages(self.teacher_trainings(), data, gpus)
-        teacher_configs = [Path(trained[name]["config"]) for name in self.teacher_stages()]
-        standard = trained[self.standard_stage()]
-        teacher_count = gaussian_count(standard)
-        trained |= self.train_stages([self.student_training(teacher_configs, teacher_count)], data, gpus[:1])
-        if cfg.baselines:
-            student = StudentResult.of(trained["student"], cfg.student_steps)
-            baselines = self.baseline_trainings(Path(standard["config"]), teacher_count, student)
-            if cfg.student_is_no_kd:
-                baselines = [training for training in baselines if training.stage != "baseline-no-kd"]
-            trained |= self.train_stages(baselines, data, gpus)
-            if cfg.student_is_no_kd:
-                trained["baseline-no-kd"] = trained["student"]
-        evaluations = {
-            name: self.stage_eval(name, trained[name], student=name == "student") for name in self.model_stages()
-        }
-        return write_report(self.output_dir, cfg, evaluations, device=device_type_of(cfg))
+        return self.execute(stages, data, gpus)["report"]
 
 
 def gaussian_count(record: dict[str, Any]) -> int:
@@ -966,6 +1014,35 @@ def gaussian_count(record: dict[str, Any]) -> int:
     if latest is None:
         raise RunSetupError(f"{record['stage']}: no checkpoint beside {record['config']}; --redo {record['stage']}")
     return int(gaussian_state(read_checkpoint(latest)["pipeline"])["means"].shape[0])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its name, the stages whose results it consumes, and either the training it is (built from
+    what the finished stages found, ``Known``) or what it runs in this process (given the finished stages' results)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    training: Callable[[Known], Training] | None = None
+    run: Callable[[dict[str, Any]], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Known:
+    """What later command lines depend on: the standard teacher's final count and the student's result."""
+
+    teacher_count: int | None = None
+    student: StudentResult | None = None
+
+    def need_teacher_count(self) -> int:
+        if self.teacher_count is None:
+            raise RuntimeError("a stage that needs the standard teacher's count runs before the teacher trained")
+        return self.teacher_count
+
+    def need_student(self) -> StudentResult:
+        if self.student is None:
+            raise RuntimeError("a baseline runs before the student trained")
+        return self.student
 
 
 @dataclass(frozen=True)
