@@ -13,6 +13,10 @@ clones it when none is given, downsizes the photos and writes a nerfstudio-data 
 
     python benchmarks/real_captures.py fox --output-dir data/real/fox
     python benchmarks/real_captures.py monstree --source /path/to/dataset_monstree --output-dir data/real/monstree
+    python benchmarks/real_captures.py monstree --sfm-depth --output-dir data/real/monstree-sfm-depth
+
+``--sfm-depth`` (COLMAP captures) also writes each photo's sparse depth map from COLMAP's points, at the training
+size: what ``ns-process-data images --use-sfm-depth`` writes at full size, for ``distilled3dgs-run --depth metric``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
@@ -168,6 +173,46 @@ def build_colmap(source: Source, capture: Capture, output: Path, width: int) -> 
     downsize_folder(output, width)
 
 
+SFM_MAX_ERROR = 2.5  # px: the reprojection error above which a COLMAP point is not trusted (nerfstudio's default)
+SFM_MIN_VIEWS = 2  # photos a point must be seen in
+
+
+def write_sfm_depth(folder: Path) -> list[int]:
+    """Per photo of a downsized ns-process-data folder, its COLMAP keypoints' depths at their pixels (the nearest
+    where two meet; 0 elsewhere) as ``depths/<photo>.npy`` in millimetres, nerfstudio's depth unit, and each frame's
+    ``depth_file_path``; returns how many pixels of each photo have a depth."""
+    from nerfstudio.data.utils import colmap_parsing_utils as colmap
+
+    model = folder / "colmap" / "sparse" / "0"
+    cameras = colmap.read_cameras_binary(model / "cameras.bin")
+    images = colmap.read_images_binary(model / "images.bin")
+    points = colmap.read_points3D_binary(model / "points3D.bin")
+    meta = json.loads((folder / "transforms.json").read_text())
+    (folder / "depths").mkdir()
+    counts = []
+    for frame in meta["frames"]:
+        image = images[frame["colmap_im_id"]]
+        camera = cameras[image.camera_id]
+        width, height = frame.get("w", meta["w"]), frame.get("h", meta["h"])
+        depth = np.full((height, width), np.inf)
+        rotation = colmap.qvec2rotmat(image.qvec)
+        for (x, y), point_id in zip(image.xys, image.point3D_ids, strict=True):
+            point = points.get(int(point_id))
+            if point is None or point.error > SFM_MAX_ERROR or len(point.image_ids) < SFM_MIN_VIEWS:
+                continue
+            z = float((rotation @ point.xyz + image.tvec)[2])
+            u, v = int(x * width / camera.width), int(y * height / camera.height)
+            if z > 0 and 0 <= u < width and 0 <= v < height:
+                depth[v, u] = min(depth[v, u], z)
+        depth[~np.isfinite(depth)] = 0.0
+        name = f"depths/{Path(frame['file_path']).stem}.npy"
+        np.save(folder / name, (depth * 1000.0).astype(np.float32))
+        frame["depth_file_path"] = name
+        counts.append(int((depth > 0).sum()))
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=2))
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("capture", choices=sorted(CAPTURES))
@@ -175,14 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="a checkout or bare git directory of the capture's repository")
     parser.add_argument("--clone-dir", type=Path, default=Path("data/sources"), help="where to clone without --source")
     parser.add_argument("--width", type=int, help="training width in pixels (the capture's default otherwise)")
+    parser.add_argument("--sfm-depth", action="store_true", help="also write sparse depth maps from COLMAP's points")
     args = parser.parse_args(argv)
     capture = CAPTURES[args.capture]
+    if args.sfm_depth and capture.posed:
+        sys.exit(f"--sfm-depth needs a capture COLMAP poses; {args.capture} comes with its own poses and no points.")
     if args.output_dir.exists():
         sys.exit(f"{args.output_dir} exists: remove it or choose another --output-dir.")
     source = Source(args.source or clone(capture.repository, args.clone_dir))
     start = time.perf_counter()
     build = build_posed if capture.posed else build_colmap
     build(source, capture, args.output_dir, args.width or capture.width)
+    if args.sfm_depth:
+        counts = write_sfm_depth(args.output_dir)
+        print(f"SfM depth: {min(counts)}-{max(counts)} pixels per photo (median {int(np.median(counts))})")
     frames = len(json.loads((args.output_dir / "transforms.json").read_text())["frames"])
     print(f"{args.capture}: {frames} posed photos in {args.output_dir} ({time.perf_counter() - start:.0f} s)")
     return 0

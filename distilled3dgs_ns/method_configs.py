@@ -16,6 +16,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from distilled3dgs_ns.depth import DepthDatamanagerConfig
 from distilled3dgs_ns.errors import install_excepthook
+from distilled3dgs_ns.names import PAPER_RUN_LENGTH, STUDENT_METHOD, TEACHER_METHOD
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
@@ -23,10 +24,8 @@ from distilled3dgs_ns.trainer import PluginTrainerConfig
 
 install_excepthook()  # our UserErrors inside ns-train / ns-eval / ns-export: one message, not a traceback
 
-PAPER_STEPS = 30_000
 
-
-def splatfacto_optimizers(max_steps: int = PAPER_STEPS) -> dict:
+def splatfacto_optimizers(max_steps: int = PAPER_RUN_LENGTH) -> dict:
     """Splatfacto's per-parameter Adam settings (learning rates from the 3DGS paper)."""
 
     def adam(lr: float) -> AdamOptimizerConfig:
@@ -60,12 +59,12 @@ def splatfacto_optimizers(max_steps: int = PAPER_STEPS) -> dict:
 def teacher_config() -> PluginTrainerConfig:
     """Splatfacto's trainer settings with the teacher model, trained by the plugin's Trainer (see trainer.py)."""
     return PluginTrainerConfig(
-        method_name="distilled3dgs-teacher",
+        method_name=TEACHER_METHOD,
         steps_per_eval_image=100,
         steps_per_eval_batch=0,
         steps_per_save=2000,
         steps_per_eval_all_images=1000,
-        max_num_iterations=PAPER_STEPS,
+        max_num_iterations=PAPER_RUN_LENGTH,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
             datamanager=DepthDatamanagerConfig(
@@ -92,7 +91,7 @@ teacher_method = MethodSpecification(
 def student_config() -> PluginTrainerConfig:
     """The teacher's trainer settings with the distillation pipeline and the student model."""
     config = teacher_config()
-    config.method_name = "distilled3dgs-student"
+    config.method_name = STUDENT_METHOD
     config.pipeline = StudentPipelineConfig(datamanager=config.pipeline.datamanager, model=StudentModelConfig())
     return config
 

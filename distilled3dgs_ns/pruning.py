@@ -21,6 +21,7 @@ import torch
 from gsplat.strategy.ops import remove
 from torch import Tensor
 
+from distilled3dgs_ns.names import PAPER_RUN_LENGTH
 from distilled3dgs_ns.schedules import to_step
 
 View = TypeVar("View")
@@ -343,7 +344,7 @@ class PruneSchedule:
     events: list[PruneEvent] = field(default_factory=list)
     top_filter: bool = False
     seed: int = 0
-    run_length: int = 30_000
+    run_length: int = PAPER_RUN_LENGTH
     reinitialize_after_sample: bool = False
     """Re-initialise the Gaussians the sampling prune keeps (the official code's)."""
     fresh_optimizer: bool = False

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PAPER_RUN_LENGTH = 30_000
-"""Run length (steps) the paper's schedules were written for."""
+from distilled3dgs_ns.names import PAPER_RUN_LENGTH
 
 
 def paper_fraction(step: int) -> float:

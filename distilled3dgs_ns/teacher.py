@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
+from distilled3dgs_ns.names import TeacherVariant
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled3dgs_ns.regularizers import (
     DropoutConfig,
@@ -15,8 +15,6 @@ from distilled3dgs_ns.regularizers import (
     PerturbationConfig,
     Regularizer,
 )
-
-TeacherVariant = Literal["standard", "perturbed", "dropout"]
 
 
 @dataclass

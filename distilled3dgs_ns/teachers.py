@@ -38,17 +38,14 @@ from torch import Tensor
 
 from distilled3dgs_ns.checkpoints import CHECKPOINT_GLOB, check_finite, gaussian_state, newest_checkpoint
 from distilled3dgs_ns.errors import TEACHER_CHECK_OPTION, UserError
+from distilled3dgs_ns.names import DATAPARSER_TRANSFORMS, STUDENT_METHOD
 from distilled3dgs_ns.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 
-DATAPARSER_TRANSFORMS = "dataparser_transforms.json"
-"""Written by ``ns-train`` next to ``config.yml``: the pose transform and scale the dataparser applied."""
 PLACEHOLDER_POINTS = 4
 """Random points the teacher model is built with before its checkpoint replaces them (KNN init needs > 3)."""
 CHECK_BACKGROUND = (0.5, 0.5, 0.5)
 """Background both the teacher render and an RGBA ground truth are composited on for the PSNR check."""
 STANDARD_VARIANT = "standard"
-STUDENT_METHOD = "distilled3dgs-student"
-"""A student's ``method_name``: refused as a teacher (it would pass as a 'standard' one)."""
 
 
 class TeacherLoadError(UserError):

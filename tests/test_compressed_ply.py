@@ -21,10 +21,10 @@ from distilled3dgs_ns.compression.compressed_ply import (
     read_compressed_ply,
     write_compressed_ply,
 )
-from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians
+from distilled3dgs_ns.compression.formats import FORMATS, format_of, read_gaussians
 from distilled3dgs_ns.compression.model_io import apply_to_model, gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
-from distilled3dgs_ns.run import ViewerFormat
+from distilled3dgs_ns.names import FormatName
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_truncated_or_plain_ply_is_named(model, tmp_path):
 
 
 def test_format_table_matches_the_option_and_suffixes():
-    assert typing.get_args(FormatName) == tuple(FORMATS) == typing.get_args(ViewerFormat)  # run.py's copy
+    assert typing.get_args(FormatName) == tuple(FORMATS)  # names.py's list is the table's
     assert format_of("a/Scene.COMPRESSED.ply") == "compressed-ply" and format_of("scene.ply") == "ply"
     assert format_of("scene.gltf") is None and format_of("scene.spz.glb") == "glb-spz"
 

@@ -249,7 +249,7 @@ def test_run_depth_switches_on_the_teachers_depth_loss_where_the_data_has_maps(d
         config = RunConfig(data=depth_scene, dataparser="nerfstudio-data", output_dir=tmp_path / "out", **options)
         run = Run(config, log=lambda _: None)
         run.check_data(depth_scene)
-        training = run.teacher_trainings()[0]
+        training = run.recipes.teacher_trainings()[0]
         check_options(training, config, depth_scene, run.runs)  # ns-train accepts what the run generates
         return training.options
 
@@ -262,7 +262,7 @@ def test_run_depth_switches_on_the_teachers_depth_loss_where_the_data_has_maps(d
     assert "--pipeline.datamanager.depth-maps" not in teacher_options()
     blender = Run(RunConfig(data=depth_scene, output_dir=tmp_path / "b", depth="auto"), log=lambda _: None)
     blender.check_data(depth_scene)  # blender-data reads no depth maps: auto is off, not an error
-    assert "--pipeline.datamanager.depth-maps" not in blender.teacher_trainings()[0].options
+    assert "--pipeline.datamanager.depth-maps" not in blender.recipes.teacher_trainings()[0].options
     asked = Run(RunConfig(data=depth_scene, output_dir=tmp_path / "c", depth="relative"), log=lambda _: None)
     with pytest.raises(RunSetupError, match="--depth relative: the 'blender-data' dataparser found no depth maps"):
         asked.check_data(depth_scene)

@@ -31,6 +31,10 @@ from distilled3dgs_ns.run import (
     ns_train_command,
     parse_config,
 )
+from distilled3dgs_ns.run import evaluate as evaluate_module
+from distilled3dgs_ns.run import launch as launch_module
+from distilled3dgs_ns.run import recipes as recipe_module
+from distilled3dgs_ns.run.evaluate import Evaluator
 from distilled3dgs_ns.schedules import to_step
 from distilled3dgs_ns.stages import RunSetupError, StageBook, fingerprint
 
@@ -129,6 +133,10 @@ def test_baselines_join_the_graph_and_follow_the_student(tmp_path):
     assert not any(name.startswith("baseline") for name in plain.stage_inputs())
 
 
+def _recipes(config: RunConfig):
+    return Run(config, log=lambda _: None).recipes
+
+
 def _parse(training: Training, config: RunConfig, tmp_path: Path):
     """The TrainerConfig ns-train would build from ``training``'s command line."""
     import tyro
@@ -142,16 +150,18 @@ def test_a_teacher_initialised_student_starts_from_the_standard_teacher(tmp_path
     assert config.student_init == "teacher"  # the demo preset's recipe (issue 10)
     run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
-    student = _parse(run.student_training([standard], 10_000), run.config, tmp_path).pipeline
-    assert student.init_from == run.standard_config() and student.model.sh_degree_interval == 1
+    student = _parse(run.recipes.student_training([standard], 10_000), run.config, tmp_path).pipeline
+    assert student.init_from == run.recipes.standard_config() and student.model.sh_degree_interval == 1
     assert student.teachers == [standard] and student.model.prune_count == 1500  # 15% of 10k
     for teachers in (10_865, 12_302, 7):  # the budget never exceeds its share (lego-100's 10865: 1629, not 1630)
-        budget = _parse(run.student_training([standard], teachers), run.config, tmp_path).pipeline.model.prune_count
+        budget = _parse(run.recipes.student_training([standard], teachers), run.config, tmp_path).pipeline.model
+        budget = budget.prune_count
         assert budget <= 0.15 * teachers < budget + 1 or budget == 1
-    no_kd = _parse(run.baseline_trainings(standard, 10_000, StudentResult(1480, 0.7, True))[0], run.config, tmp_path)
+    no_kd_training = run.recipes.baseline_trainings(standard, 10_000, StudentResult(1480, 0.7, True))[0]
+    no_kd = _parse(no_kd_training, run.config, tmp_path)
     assert no_kd.pipeline.init_from is None  # without teachers: the teacher's Gaussians are what the student learnt
     random_start = dataclasses.replace(config, student_init="random")
-    plain = _parse(Run(random_start, log=lambda _: None).student_training([standard], 10_000), random_start, tmp_path)
+    plain = _parse(_recipes(random_start).student_training([standard], 10_000), random_start, tmp_path)
     assert plain.pipeline.init_from is None
 
 
@@ -159,19 +169,19 @@ def test_teacher_terms_choose_what_the_student_learns_from_the_teachers(tmp_path
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
     assert config.teacher_terms == "none" and config.variants == ("standard",)  # the demo preset's (issue 10)
     standard = tmp_path / "teacher" / "config.yml"
-    plain = _parse(Run(config, log=lambda _: None).student_training([standard], 10_000), config, tmp_path).pipeline
+    plain = _parse(_recipes(config).student_training([standard], 10_000), config, tmp_path).pipeline
     assert (plain.model.kd_weight, plain.model.kd_weight_final, plain.model.structure_weight) == (0, 0, 0)
     assert plain.pseudo_view_rate == 0 and plain.init_from is not None and plain.model.sparsity_weight == 0.03
     assert plain.model.prune_score == "top-contributions"  # the demo preset's cut ranking (issue 10)
     paper_ranking = dataclasses.replace(config, student_prune_score="blending-weight")
-    ranked = _parse(Run(paper_ranking, log=lambda _: None).student_training([standard], 10_000), config, tmp_path)
+    ranked = _parse(_recipes(paper_ranking).student_training([standard], 10_000), config, tmp_path)
     assert ranked.pipeline.model.prune_score == "blending-weight"
     distilled = dataclasses.replace(config, teacher_terms="paper")
-    paper = _parse(Run(distilled, log=lambda _: None).student_training([standard], 10_000), distilled, tmp_path)
+    paper = _parse(_recipes(distilled).student_training([standard], 10_000), distilled, tmp_path)
     assert paper.pipeline.model.kd_weight == 0.4 and paper.pipeline.model.structure_weight == 1.0
     assert paper.pipeline.pseudo_view_rate == 0
     novel = dataclasses.replace(config, teacher_terms="novel-views")
-    views = _parse(Run(novel, log=lambda _: None).student_training([standard], 10_000), novel, tmp_path).pipeline
+    views = _parse(_recipes(novel).student_training([standard], 10_000), novel, tmp_path).pipeline
     assert (views.model.kd_weight, views.model.kd_weight_final, views.model.structure_weight) == (0, 0, 0)
     assert views.pseudo_view_rate == 0.25 and views.pseudo_view_mode == "interpolate"
 
@@ -186,8 +196,8 @@ def test_baseline_no_kd_is_the_student_itself_when_it_has_no_teacher_terms_and_i
     evaluated: dict[str, dict] = {}
     monkeypatch.setattr(Run, "check_data", lambda self, data: None)
     monkeypatch.setattr(Run, "train_stages", fake_train)
-    monkeypatch.setattr(Run, "stage_eval", lambda self, name, record, student: evaluated.setdefault(name, record))
-    monkeypatch.setattr(run_module, "gaussian_count", lambda record: 1000)
+    monkeypatch.setattr(Evaluator, "stage_eval", lambda self, name, record, student: evaluated.setdefault(name, record))
+    monkeypatch.setattr(recipe_module, "gaussian_count", lambda record: 1000)
     monkeypatch.setattr(StudentResult, "of", staticmethod(lambda record, steps: StudentResult(148, 0.3, True)))
     monkeypatch.setattr("distilled3dgs_ns.report.write_report", lambda *args, **kwargs: tmp_path / "report.md")
     for terms, start in itertools.product(("none", "paper", "novel-views"), ("random", "teacher")):
@@ -207,7 +217,7 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     config = load_preset("demo", RunConfig(preset="demo", data=tmp_path, output_dir=tmp_path / "out"))
     run = Run(config, log=lambda _: None)
     standard = tmp_path / "teacher" / "config.yml"
-    trainings = {t.stage: t for t in run.baseline_trainings(standard, 10_000, StudentResult(1234, 0.3, True))}
+    trainings = {t.stage: t for t in run.recipes.baseline_trainings(standard, 10_000, StudentResult(1234, 0.3, True))}
     assert set(trainings) == set(BASELINES)
     assert {t.steps for t in trainings.values()} == {config.student_steps}
     no_kd = _parse(trainings["baseline-no-kd"], config, tmp_path).pipeline
@@ -217,15 +227,15 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
     cuts = (no_kd.model.prune_count_at, no_kd.model.prune_count_until)
     assert no_kd.model.prune_count == 1234 and cuts == (config.no_kd_budget_at, config.no_kd_budget_until)
     assert no_kd.model.sh_degree_interval == to_step(config.schedule.sh_degree_every, config.student_steps) > 1
-    student = _parse(run.student_training([standard], 10_000), config, tmp_path).pipeline.model
+    student = _parse(run.recipes.student_training([standard], 10_000), config, tmp_path).pipeline.model
     assert no_kd.model.prune_sample_at == student.prune_sample_at  # otherwise the student's own recipe
     assert no_kd.model.sparsity_weight == student.sparsity_weight and no_kd.model.prune_score == student.prune_score
     assert student.prune_count_until == config.student_budget_until != config.no_kd_budget_until
     own_start = dataclasses.replace(config, student_init="random", student_budget_at=0.2, student_budget_until=0.6)
-    own_no_kd = Run(own_start, log=lambda _: None).baseline_trainings(standard, 10_000, StudentResult(1234, 0.6, True))
+    own_no_kd = _recipes(own_start).baseline_trainings(standard, 10_000, StudentResult(1234, 0.6, True))
     own = _parse(own_no_kd[0], own_start, tmp_path)
     assert (own.pipeline.model.prune_count_at, own.pipeline.model.prune_count_until) == (0.2, 0.6)
-    no_cut = Run(own_start, log=lambda _: None).baseline_trainings(standard, 10_000, StudentResult(1234, 0.25, False))
+    no_cut = _recipes(own_start).baseline_trainings(standard, 10_000, StudentResult(1234, 0.25, False))
     assert _parse(no_cut[0], own_start, tmp_path).pipeline.model.prune_count_at == 0.25  # where its last prune was
     pruned = _parse(trainings["baseline-pruned-teacher"], config, tmp_path).pipeline
     assert pruned.init_from == standard and pruned.teachers == []
@@ -242,7 +252,7 @@ def test_baselines_train_at_the_students_count_with_its_steps(tmp_path):
 
 def test_a_bad_option_fails_before_any_training(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(run_module, "run_training", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(launch_module, "run_training", lambda *args, **kwargs: started.append(args))
     monkeypatch.setattr(Run, "check_data", lambda self, data: None)
     for args in (["--student-args=--pipeline.model.kd-wieght 0.5"], ["--teacher-args=--pipeline.model.variant x"]):
         config = parse_config(["--data", str(tmp_path), "--output-dir", str(tmp_path / "out"), *args])
@@ -274,12 +284,12 @@ class FakeNsTrain:
 def interrupted_teacher(tmp_path: Path, monkeypatch, save_every: int = 50) -> tuple[Training, Path]:
     """A teacher training interrupted after its step-49 checkpoint, as a crash or Ctrl-C leaves it."""
     FakeNsTrain.commands = []
-    monkeypatch.setattr(run_module.subprocess, "Popen", FakeNsTrain)
+    monkeypatch.setattr(launch_module.subprocess, "Popen", FakeNsTrain)
     runs = tmp_path / "out" / "runs"
     training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=200, options=["--x", "1"])
     config = RunConfig(data=tmp_path, device_type="cpu", save_every=save_every)
     with pytest.raises(run_module.StageFailed):
-        run_module.run_training(training, config, tmp_path, runs, {}, lambda step: None)
+        launch_module.run_training(training, config, tmp_path, runs, {}, lambda step: None)
     return training, runs
 
 
@@ -287,7 +297,7 @@ def resume_again(training: Training, config: RunConfig, data: Path, runs: Path) 
     """Re-run the training (the fake crashes again); the command it started."""
     steps: list[int] = []
     with pytest.raises(run_module.StageFailed):
-        run_module.run_training(training, config, data, runs, {}, steps.append)
+        launch_module.run_training(training, config, data, runs, {}, steps.append)
     assert steps == [49]  # ns-train counts from the loaded step: the progress bar must not add it again
     return FakeNsTrain.commands[-1]
 
@@ -303,7 +313,7 @@ def test_an_interrupted_training_with_other_settings_is_refused_not_deleted(tmp_
     training, runs = interrupted_teacher(tmp_path, monkeypatch)
     changed = Training(stage=training.stage, method=training.method, steps=200, options=["--x", "2"])
     with pytest.raises(RunSetupError, match="interrupted at step 49 .*--redo teacher-standard"):
-        run_module.run_training(changed, RunConfig(data=tmp_path, device_type="cpu"), tmp_path, runs, {}, print)
+        launch_module.run_training(changed, RunConfig(data=tmp_path, device_type="cpu"), tmp_path, runs, {}, print)
     assert training.latest_checkpoint_step(runs) == 49 and len(FakeNsTrain.commands) == 1
 
     run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out"), log=lambda _: None)
@@ -337,7 +347,7 @@ def test_a_moved_run_finished_by_an_older_version_keeps_its_stages(tmp_path, mon
     old.rename(tmp_path / "moved")
 
     moved = tmp_path / "moved"
-    monkeypatch.setattr(run_module, "run_training", lambda *a, **k: pytest.fail("a finished stage trained again"))
+    monkeypatch.setattr(launch_module, "run_training", lambda *a, **k: pytest.fail("a finished stage trained again"))
     run = Run(dataclasses.replace(config, data=moved / "scene", output_dir=moved), log=lambda _: None)
     records = run.train_stages([training], moved / "scene", [])
     assert records["teacher-standard"]["config"] == str(training.folder(moved / "runs") / "config.yml")
@@ -390,16 +400,16 @@ def test_teachers_train_in_parallel_one_process_per_gpu(tmp_path, monkeypatch):
             active[0] -= 1
         return {"resumed_from": None, "train_s": 0.3, "attempts": 1}
 
-    monkeypatch.setattr(run_module, "run_training", fake_training)
+    monkeypatch.setattr(launch_module, "run_training", fake_training)
     config = RunConfig(data=tmp_path, output_dir=tmp_path / "out", device_type="cuda", devices="0,1")
     run = Run(config, log=lambda _: None)
-    records = run.train_stages(run.teacher_trainings(), tmp_path, config.gpu_ids())
+    records = run.train_stages(run.recipes.teacher_trainings(), tmp_path, config.gpu_ids())
     assert set(records) == {"teacher-standard", "teacher-perturbed", "teacher-dropout"}
     assert peak[0] == 2
     assert sorted(set(seen)) == ["0", "1"]
     # finished stages are skipped on the next call: no training runs
-    monkeypatch.setattr(run_module, "run_training", lambda *a, **k: pytest.fail("a finished stage ran again"))
-    assert set(run.train_stages(run.teacher_trainings(), tmp_path, config.gpu_ids())) == set(records)
+    monkeypatch.setattr(launch_module, "run_training", lambda *a, **k: pytest.fail("a finished stage ran again"))
+    assert set(run.train_stages(run.recipes.teacher_trainings(), tmp_path, config.gpu_ids())) == set(records)
 
 
 # --------------------------------------------------------------------------------------------------- end to end
@@ -540,10 +550,10 @@ def test_a_diverged_training_fails_its_stage_with_ns_trains_one_line(tmp_path, m
                 ["12 (6.0%)\n", "ns-train: step 12: training diverged, non-finite Gaussians (9 of 90 means)\n"]
             )
 
-    monkeypatch.setattr(run_module.subprocess, "Popen", Diverging)
+    monkeypatch.setattr(launch_module.subprocess, "Popen", Diverging)
     training = Training(stage="teacher-standard", method="distilled3dgs-teacher", steps=200, options=[])
     with pytest.raises(run_module.StageFailed, match=r"^teacher-standard: step 12: training diverged.*--redo teacher"):
-        run_module.run_training(training, RunConfig(data=tmp_path), tmp_path, tmp_path / "runs", {}, print)
+        launch_module.run_training(training, RunConfig(data=tmp_path), tmp_path, tmp_path / "runs", {}, print)
 
 
 def test_a_failed_teacher_check_names_the_run_options_that_fix_it(tmp_path, monkeypatch):
@@ -561,11 +571,11 @@ def test_a_failed_teacher_check_names_the_run_options_that_fix_it(tmp_path, monk
             super().__init__(command, **kwargs)
             self.stdout = iter(check)
 
-    monkeypatch.setattr(run_module.subprocess, "Popen", Refusing)
+    monkeypatch.setattr(launch_module.subprocess, "Popen", Refusing)
     config = RunConfig(data=tmp_path, variants=("standard", "dropout"), teacher_steps=40)
     training = Training(stage="student", method="distilled3dgs-student", steps=200, options=[])
     with pytest.raises(run_module.StageFailed) as error:
-        run_module.run_training(training, config, tmp_path, tmp_path / "runs", {}, print)
+        launch_module.run_training(training, config, tmp_path, tmp_path / "runs", {}, print)
     message = str(error.value)
     assert message.startswith("student: teacher runs/teacher-standard/config.yml: renders 8") and "9.1 dB" in message
     assert "fix: pass teachers trained on the student's --data" in message  # ns-train's own advice, kept
@@ -586,10 +596,12 @@ def test_the_run_evaluates_on_its_own_device(tmp_path, monkeypatch):
         asked["device"] = device
         raise Loaded
 
-    monkeypatch.setattr(run_module, "load_pipeline", load)
+    monkeypatch.setattr(evaluate_module, "load_pipeline", load)
     run = Run(RunConfig(data=tmp_path, output_dir=tmp_path / "out", device_type="cpu"), log=lambda _: None)
     with pytest.raises(Loaded):
-        run.stage_eval("teacher-standard", {"fingerprint": "f", "config": str(tmp_path / "config.yml")}, student=False)
+        run.evaluator.stage_eval(
+            "teacher-standard", {"fingerprint": "f", "config": str(tmp_path / "config.yml")}, student=False
+        )
     assert asked["device"] == "cpu"
 
 

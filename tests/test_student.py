@@ -714,7 +714,7 @@ def _shipped_student_config(preset: str, teacher_count: int, **run_options) -> S
     config = load_preset(preset, RunConfig(preset=preset, data=Path("scene"), output_dir=Path("out")))
     config = dataclasses.replace(config, **run_options)
     run = Run(config, log=lambda _: None)
-    training = run.student_training([Path("teacher/config.yml")], teacher_count)
+    training = run.recipes.student_training([Path("teacher/config.yml")], teacher_count)
     command = ns_train_command(training, config, Path("scene"), Path("runs"), None)
     return tyro.cli(AnnotatedBaseConfigUnion, args=command[1:]).pipeline.model
 

@@ -18,11 +18,12 @@ from rich.table import Table
 from distilled3dgs_ns.checkpoints import load_pipeline
 from distilled3dgs_ns.compression.compact_format import read_compact, read_header
 from distilled3dgs_ns.compression.export import CompactOptions, export_compact, float32_ply_bytes
-from distilled3dgs_ns.compression.formats import FORMATS, FormatName, format_of, read_gaussians, suffixes
+from distilled3dgs_ns.compression.formats import FORMATS, format_of, read_gaussians, suffixes
 from distilled3dgs_ns.compression.frame import Similarity, to_capture
 from distilled3dgs_ns.compression.model_io import gaussians_of
 from distilled3dgs_ns.compression.ply import write_ply
 from distilled3dgs_ns.errors import UserError, one_line_errors
+from distilled3dgs_ns.names import FormatName
 
 CONSOLE = Console(width=120)
 

@@ -48,6 +48,8 @@ _PREFIX = struct.Struct("<8sHI")
 _CRC = struct.Struct("<I")
 Compression = Literal["none", "zlib", "lzma"]
 COMPRESSIONS: tuple[str, ...] = ("none", "zlib", "lzma")
+DEFAULT_COMPRESSION: Compression = "lzma"
+"""What a compact file is compressed with unless asked otherwise, by the run and by ``write_compact`` alike."""
 MAX_HEADER_BYTES = 1 << 20
 SH_C0 = 0.28209479177387814
 """The degree-0 SH basis: colour = 0.5 + SH_C0 * dc."""
@@ -259,7 +261,7 @@ def _compress(data: bytes, compression: str) -> bytes:
     return data
 
 
-def write_compact(path: Path | str, gaussians: CompactGaussians, compression: Compression = "zlib") -> int:
+def write_compact(path: Path | str, gaussians: CompactGaussians, compression: Compression = DEFAULT_COMPRESSION) -> int:
     """Write ``gaussians`` (atomically: a half-written file never replaces a good one) in Morton order; returns the
     file size.
 

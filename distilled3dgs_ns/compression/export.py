@@ -13,7 +13,12 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-from distilled3dgs_ns.compression.compact_format import CompactGaussians, Compression, write_compact
+from distilled3dgs_ns.compression.compact_format import (
+    DEFAULT_COMPRESSION,
+    CompactGaussians,
+    Compression,
+    write_compact,
+)
 from distilled3dgs_ns.compression.encode import VQOptions, encode_gaussians, needs_scores
 from distilled3dgs_ns.compression.finetune import FinetuneOptions, finetune_compact
 from distilled3dgs_ns.compression.formats import FORMATS, read_gaussians
@@ -30,7 +35,7 @@ PLY_HEADER_BYTES = 1000
 class CompactOptions(VQOptions):
     """Everything ``export_compact`` can be told (VQ, file compression, significance, fine-tuning)."""
 
-    compression: Compression = "lzma"
+    compression: Compression = DEFAULT_COMPRESSION
     """Payload compression (stdlib). Demo student at the defaults: zlib 33.4 KB, lzma 31.7 KB (-5%, both well under
     a second)."""
     significance_beta: float = 0.1

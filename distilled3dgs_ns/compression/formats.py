@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from distilled3dgs_ns.compression.compact_format import CompactGaussians, read_compact
 from distilled3dgs_ns.compression.compressed_ply import read_compressed_ply, write_compressed_ply
@@ -15,6 +14,7 @@ from distilled3dgs_ns.compression.ply import write_ply
 from distilled3dgs_ns.compression.sog import read_sog, write_sog
 from distilled3dgs_ns.compression.splat import read_splat, write_splat
 from distilled3dgs_ns.compression.spz import read_spz, write_spz
+from distilled3dgs_ns.names import FormatName
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,9 @@ class ViewerFormat:
     the palette at no further loss, instead of a k-means of the model's coefficients."""
 
 
-FormatName = Literal["spz", "sog", "glb", "glb-spz", "compressed-ply", "splat", "ply"]
 """The keys of ``FORMATS``, for command-line options."""
 
-FORMATS: dict[str, ViewerFormat] = {
+FORMATS: dict[FormatName, ViewerFormat] = {
     "spz": ViewerFormat(".spz", write_spz, lambda path, _: read_spz(path), "Niantic's SPZ, ~20 B/Gaussian"),
     "sog": ViewerFormat(
         ".sog",

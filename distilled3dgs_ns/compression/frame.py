@@ -19,9 +19,9 @@ from torch import Tensor
 
 from distilled3dgs_ns.compression.compact_format import CompactGaussians
 from distilled3dgs_ns.errors import UserError
+from distilled3dgs_ns.names import DATAPARSER_TRANSFORMS
 from distilled3dgs_ns.rasterization.sh import sh_bases
 
-TRANSFORMS_FILE = "dataparser_transforms.json"
 """What ns-train writes beside config.yml: ``{"transform": 3x4 [R | t], "scale": s}``."""
 
 
@@ -36,7 +36,7 @@ class Similarity:
     @classmethod
     def of_run(cls, config_path: Path) -> Similarity:
         """The dataparser transform of the run whose ``config.yml`` is ``config_path`` (capture -> nerfstudio)."""
-        path = Path(config_path).parent / TRANSFORMS_FILE
+        path = Path(config_path).parent / DATAPARSER_TRANSFORMS
         try:
             saved = json.loads(path.read_text())
             matrix = torch.tensor(saved["transform"], dtype=torch.float64)
