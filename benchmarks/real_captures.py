@@ -48,6 +48,8 @@ class Capture:
 
 CAPTURES = {
     "fox": Capture("NVlabs/instant-ngp", "data/nerf/fox", posed=True, width=90),
+    # The same photos posed by COLMAP, as a user's own capture would be: its points are the start
+    "fox-colmap": Capture("NVlabs/instant-ngp", "data/nerf/fox/images", posed=False, width=90),
     "monstree": Capture("alicevision/dataset_monstree", "full", posed=False, width=160),
 }
 COLMAP_WIDTH = 480  # photos are posed at this width: enough features, minutes on 2 cores
