@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from distilled3dgs_ns.cpu_memory import keep_freed_memory
+
 PROC_STAT = Path("/proc/stat")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -155,7 +157,9 @@ def thread_policy(threads: int | None) -> AdaptiveThreads | FixedThreads:
     One per process and setting, so every model (the student, teachers rendered in the viewer) and the export's
     fine-tuning share one count and one view of the load. The adaptive count never exceeds torch's count at the first
     call, which honours ``OMP_NUM_THREADS`` (how ``distilled3dgs-run --jobs`` divides the cores among trainings).
+    The first call also sets the process's memory policy for CPU work (``cpu_memory.py``).
     """
+    keep_freed_memory()
     if threads is not None:
         return FixedThreads(threads)
     return AdaptiveThreads(max_threads=torch.get_num_threads())

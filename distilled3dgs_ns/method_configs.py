@@ -17,6 +17,7 @@ from nerfstudio.plugins.types import MethodSpecification
 from distilled3dgs_ns.depth import DepthDatamanagerConfig
 from distilled3dgs_ns.errors import install_excepthook
 from distilled3dgs_ns.names import PAPER_RUN_LENGTH, STUDENT_METHOD, TEACHER_METHOD
+from distilled3dgs_ns.optimizers import FusedAdam
 from distilled3dgs_ns.student import StudentModelConfig
 from distilled3dgs_ns.student_pipeline import StudentPipelineConfig
 from distilled3dgs_ns.teacher import TeacherModelConfig
@@ -26,10 +27,10 @@ install_excepthook()  # our UserErrors inside ns-train / ns-eval / ns-export: on
 
 
 def splatfacto_optimizers(max_steps: int = PAPER_RUN_LENGTH) -> dict:
-    """Splatfacto's per-parameter Adam settings (learning rates from the 3DGS paper)."""
+    """Splatfacto's per-parameter Adam settings (learning rates from the 3DGS paper), with torch's fused Adam."""
 
     def adam(lr: float) -> AdamOptimizerConfig:
-        return AdamOptimizerConfig(lr=lr, eps=1e-15)
+        return AdamOptimizerConfig(_target=FusedAdam, lr=lr, eps=1e-15)
 
     return {
         "means": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -151,3 +152,29 @@ def test_every_calling_thread_gets_the_count():
     adaptive = AdaptiveThreads(max_threads=start, threads=1)
     assert count_in_new_thread(adaptive) == 1
     assert torch.get_num_threads() == start  # torch keeps one count per thread: the main thread's is untouched
+
+
+KEPT_PROBE = """
+import sys, torch
+if sys.argv[1] == "policy":
+    from distilled3dgs_ns.cpu_threads import thread_policy
+    thread_policy(None)
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+block = torch.ones(5 * 2**20)  # 20 MB, which glibc would take from and give back to the kernel
+before = resident()
+del block
+print(before - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_cpu_policy_keeps_freed_memory_for_the_next_step():
+    """After the process's CPU policy starts, a freed 20 MB tensor stays in the process (no page faults to get it
+    back next step); without it glibc returns it to the kernel."""
+
+    def returned_mb(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", KEPT_PROBE, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert returned_mb("plain") > 15
+    assert returned_mb("policy") < 1

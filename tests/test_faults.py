@@ -53,6 +53,16 @@ def test_non_finite_gaussians_are_named_with_their_count():
         check_finite(params, "step 3")
 
 
+def test_finite_gaussians_whose_sum_overflows_are_not_divergence():
+    """The every-step check reads a sum first; finite entries whose sum is infinite still pass."""
+    params = {"scales": torch.full((4, 3), 3e38)}
+    assert not torch.isfinite(params["scales"].sum())
+    check_finite(params, "step 3")
+    params["scales"][1, 2] = float("nan")
+    with pytest.raises(DivergedError, match=r"1 of 4 scales"):
+        check_finite(params, "step 3")
+
+
 def test_a_diverged_checkpoint_does_not_load(tmp_path):
     """ns-eval, ns-export and ns-viewer load through the model: a NaN checkpoint is refused, not rendered."""
     model = make_model(TeacherModelConfig(num_downscales=0), num_points=20)

@@ -21,6 +21,7 @@ from distilled3dgs_ns.compression.compact_format import CompactGaussians
 from distilled3dgs_ns.compression.encode import pack
 from distilled3dgs_ns.compression.model_io import apply_to_model, model_params
 from distilled3dgs_ns.cpu_threads import thread_policy
+from distilled3dgs_ns.optimizers import FusedAdam
 from distilled3dgs_ns.progress import progress_bar
 
 ViewSource = Callable[[int], tuple[Cameras, dict[str, Tensor]]]
@@ -67,8 +68,8 @@ def finetune_compact(
     indices = gaussians.indices.to(rows.device)
     codebook = torch.nn.Parameter(gaussians.codebook.to(rows.device).clone())
     lrs = {name: getattr(options, f"{name}_lr") for name in params}
-    optimizers = [torch.optim.Adam([params[name]], lr=lr, eps=1e-15) for name, lr in lrs.items()]
-    optimizers.append(torch.optim.Adam([codebook], lr=options.codebook_lr, eps=1e-15))
+    optimizers = [FusedAdam([params[name]], lr=lr, eps=1e-15) for name, lr in lrs.items()]
+    optimizers.append(FusedAdam([codebook], lr=options.codebook_lr, eps=1e-15))
     was_training = model.training
     model.eval()
     # the process's policy for the model's setting (cpu_threads.py); any splatfacto model, ours have the field

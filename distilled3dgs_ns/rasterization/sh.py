@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -48,9 +49,46 @@ def sh_bases(n_bases: int, dirs: Tensor) -> Tensor:
 
 
 def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
-    """Colour ``[..., 3]`` of SH ``coeffs [..., K, 3]`` (bands <= degree) seen along ``dirs [..., 3]``, any length."""
+    """Colour ``[..., 3]`` of SH ``coeffs [..., K, 3]`` (bands <= degree) seen along ``dirs [..., 3]``, any length.
+
+    ``coeffs`` broadcasts against ``dirs``: ``[N, K, 3]`` coefficients shared by ``[C, N, 3]`` directions, as a
+    render of several cameras has them.
+    """
     n_bases = (degree + 1) ** 2
     if not 0 <= degree <= 4 or coeffs.shape[-2] < n_bases:
         raise ValueError(f"sh_degree {degree} needs 0..4 and >= {n_bases} coefficients, got {coeffs.shape[-2]}")
-    dirs = torch.nn.functional.normalize(dirs, dim=-1)
-    return (sh_bases(n_bases, dirs)[..., None] * coeffs[..., :n_bases, :]).sum(dim=-2)
+    dirs = F.normalize(dirs, dim=-1)
+    return _Contract.apply(sh_bases(n_bases, dirs), coeffs)
+
+
+class _Contract(torch.autograd.Function):
+    """``sum_k bases[..., k] * coeffs[..., k, :]`` over the first ``K`` coefficients, ``coeffs`` broadcast over the
+    leading (camera) dimensions of ``bases [..., K]``.
+
+    The coefficients are the largest tensor of a step ([N, 16, 3] at degree 3); autograd's product-and-sum backward
+    fills a zero tensor of their size for the slice and copies once more to undo the broadcast. This writes their
+    gradient once (a zero fill remains only while a degree schedule renders fewer bands than are stored).
+    """
+
+    @staticmethod
+    def forward(ctx, bases: Tensor, coeffs: Tensor) -> Tensor:
+        used = coeffs[..., : bases.shape[-1], :]
+        ctx.save_for_backward(bases, used)
+        ctx.coeffs_shape = coeffs.shape
+        return (bases[..., None] * used).sum(dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        bases, used = ctx.saved_tensors
+        grad_bases = grad_coeffs = None
+        if ctx.needs_input_grad[0]:
+            grad_bases = (used * grad[..., None, :]).sum(dim=-1)
+        if ctx.needs_input_grad[1]:
+            grad_coeffs = bases[..., None] * grad[..., None, :]
+            lead = grad_coeffs.dim() - len(ctx.coeffs_shape)  # camera dimensions the coefficients broadcast over
+            if lead:
+                grad_coeffs = grad_coeffs.flatten(0, lead - 1)
+                grad_coeffs = grad_coeffs[0] if len(grad_coeffs) == 1 else grad_coeffs.sum(dim=0)
+            if ctx.coeffs_shape[-2] > bases.shape[-1]:
+                grad_coeffs = F.pad(grad_coeffs, (0, 0, 0, ctx.coeffs_shape[-2] - bases.shape[-1]))
+        return grad_bases, grad_coeffs

@@ -68,7 +68,7 @@ def rasterization_torch(
         # Camera centres -R^T t of the rigid world->camera transforms (gsplat inverts the 4x4; same for rigid ones,
         # and linalg.inv is unreliable on MPS).
         cam_centres = -(viewmats[:, None, :3, :3].transpose(-1, -2) @ viewmats[:, None, :3, 3:])[..., 0]
-        colors = spherical_harmonics(sh_degree, means[None] - cam_centres, colors.expand(n_cams, *colors.shape[-3:]))
+        colors = spherical_harmonics(sh_degree, means[None] - cam_centres, colors)
         colors = torch.clamp_min(colors + 0.5, 0.0)  # gsplat's offset, as Inria's CUDA backend
     if render_mode != "RGB":
         depth = proj.depths[..., None]
