@@ -2,8 +2,9 @@
 
 nerfstudio pickles a run's config as YAML with ``python/object`` and ``python/name`` tags, so ``ns-viewer``,
 ``ns-eval``, ``distilled3dgs-eval`` and a student's ``--pipeline.teachers`` import the classes by their module path.
-Moving or renaming one breaks every trained run a user has. The two files under ``tests/data/saved_configs`` were
-written by ``ns-train`` (a capture run's teacher and student, paths replaced by placeholders).
+Moving or renaming one breaks every trained run a user has. The files under ``tests/data/saved_configs`` were
+written by ``ns-train`` (a capture run's teacher and student, and a lego-100 teacher of 2026-12 whose optimizers are
+``FusedAdam``; paths replaced).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ TAG = re.compile(r"!!python/(?:object|name):(distilled3dgs_ns\.[\w.]+)")
 FROZEN = {
     "distilled3dgs_ns.depth.DepthDatamanager",
     "distilled3dgs_ns.depth.DepthDatamanagerConfig",
+    "distilled3dgs_ns.optimizers.FusedAdam",
     "distilled3dgs_ns.regularizers.DropoutConfig",
     "distilled3dgs_ns.regularizers.PerturbationConfig",
     "distilled3dgs_ns.schedules.RunWindow",
