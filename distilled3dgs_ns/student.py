@@ -222,7 +222,7 @@ class StudentModel(PortableSplatfactoModel):
         for name in GAUSSIAN_PARAM_NAMES:
             self.gauss_params[name] = torch.nn.Parameter(values[name].detach().clone())
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
-        self.gaussian_count.value = self.num_points
+        self.show_count()
 
     def set_importance_views(self, cameras: Cameras) -> None:
         """The training cameras whose blending weights define importance for pruning."""
@@ -347,19 +347,31 @@ class StudentModel(PortableSplatfactoModel):
                 self.reinitialize_gaussians()
             elif restart == "optimizer":
                 restart_adam(self.gauss_params, self.optimizers)
+        self.show_count()
+
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]  # splatfacto's signature
+        """Load as splatfacto does; the viewer's count then shows the checkpoint's Gaussians (ns-viewer)."""
+        result = super().load_state_dict(state_dict, **kwargs)
+        self.show_count()
+        return result
+
+    def show_count(self) -> None:
+        """The viewer's "Gaussian count", after densification, cuts and loads (never while rendering: every
+        assignment makes the viewer render again, so only a changed count is set)."""
+        if self.gaussian_count.value != self.num_points:
+            self.gaussian_count.value = self.num_points
 
     def _prune(self, keep: Tensor, how: str, step: int) -> None:
         """Remove the Gaussians outside ``keep`` now (outside the schedule; tests and tools)."""
         before = self.num_points
         prune_gaussians(self.gauss_params, self.optimizers, self.strategy_state, keep)
         CONSOLE.log(f"step {step}: {how} kept {self.num_points} of {before} Gaussians")
-        self.gaussian_count.value = self.num_points
+        self.show_count()
 
     def _log_prune(self, result: PruneResult) -> None:
         criterion = self.config.prune_score
         CONSOLE.log(f"{result.describe()} (ranked by {criterion})")
         writer.put_scalar(name=f"student/pruned_to/{criterion}", scalar=result.after, step=result.step)
-        self.gaussian_count.value = self.num_points
 
     def prune_scores(self) -> ScoreAndTops:
         """Each Gaussian's ``prune_score`` over the training views ``[N]`` and, for the intersection filter, the
@@ -417,11 +429,8 @@ class StudentModel(PortableSplatfactoModel):
         outputs = super().get_outputs(camera)
         if self.training and self.strategy.blur_split_area is not None and self.step < self.strategy.refine_stop_iter:
             self.info[BLUR_KEY] = self._top_contributions_in(camera)
-        if not self.training:
-            if self.gaussian_count.value != self.num_points:  # every assignment makes the viewer render again
-                self.gaussian_count.value = self.num_points
-            if self.teachers is not None and self.show_teachers.value:
-                outputs.update(self.teacher_outputs(camera, outputs["background"]))
+        if not self.training and self.teachers is not None and self.show_teachers.value:
+            outputs.update(self.teacher_outputs(camera, outputs["background"]))
         return outputs
 
     @torch.no_grad()

@@ -171,8 +171,13 @@ class StudentPipeline(VanillaPipeline):
 
     @property
     def needs_teachers(self) -> bool:
+        return self.renders_teachers or self.config.model.structure_weight > 0
+
+    @property
+    def renders_teachers(self) -> bool:
+        """Whether a training step uses the teachers' renders (the geometry loss reads their Gaussians only)."""
         model = self.config.model
-        return max(model.kd_weight, model.kd_weight_final, model.structure_weight, self.config.pseudo_view_rate) > 0
+        return max(model.kd_weight, model.kd_weight_final, self.config.pseudo_view_rate) > 0
 
     def train_cameras(self) -> Cameras:
         """The training cameras as the datamanager serves them (after any undistortion of the cached images)."""
@@ -244,7 +249,7 @@ class StudentPipeline(VanillaPipeline):
     @profiler.time_function
     def get_train_loss_dict(self, step: int):
         camera, batch = self.datamanager.next_train(step)
-        if self.teachers is not None:
+        if self.teachers is not None and self.renders_teachers:
             if self.pseudo_random.random() < self.config.pseudo_view_rate:
                 camera = self.pseudo_camera(camera)
                 batch = {"image": to_straight_alpha(self.teachers.render_blend(camera, self.rgb_ground_truth))}

@@ -584,6 +584,19 @@ def test_pipeline_hands_cached_teacher_targets_to_the_student(small_scene, teach
     assert pipeline.model.features_rest.shape[1] == 3  # SH degree 1 student of an SH degree 3 teacher
 
 
+def test_teachers_without_render_terms_are_not_rendered_in_training(small_scene, teacher_config):
+    """The presets load the teacher (the viewer, the PSNR check) with kd and pseudo views off: a step then renders
+    no teacher and caches no target (a teacher render and 16 bytes a pixel per view, for nothing)."""
+    pipeline = _pipeline(
+        small_scene, [teacher_config], teacher_min_psnr=0.0, model={"kd_weight": 0.0, "kd_weight_final": 0.0}
+    )
+    assert pipeline.teachers is not None
+    pipeline.teachers.render = None  # any render fails
+    batches = _capture_batches(pipeline)
+    losses = _pipeline_step(pipeline, 0)
+    assert TEACHER_TARGET not in batches[0] and "kd_loss" not in losses and not pipeline.targets
+
+
 def test_pseudo_views_are_supervised_by_the_blend_alone(small_scene, teacher_config):
     pipeline = _pipeline(small_scene, [teacher_config], teacher_min_psnr=0.0, pseudo_view_rate=1.0)
     batches = _capture_batches(pipeline)
@@ -752,3 +765,22 @@ def test_shipped_student_ends_at_its_budget_wherever_it_starts(small_scene, pres
     ).setup(device="cpu", test_mode="val")
     _train_pipeline(pipeline, 60)
     assert abs(pipeline.model.num_points - budget) <= 0.05 * budget
+
+
+def test_the_viewer_count_follows_loads_and_cuts_not_renders():
+    """ns-viewer builds the model, then loads the checkpoint: the count shows the checkpoint's Gaussians; an eval
+    render leaves it alone (setting it makes the viewer render again)."""
+    trained = _student(num_points=120)
+    model = _student(num_points=300)
+    assert model.gaussian_count.value == 300
+    model.load_state_dict(trained.state_dict())
+    assert model.gaussian_count.value == 120
+    model.eval()
+    model.gaussian_count.value = -1
+    with torch.no_grad():
+        model.get_outputs(CAMERA)
+    assert model.gaussian_count.value == -1
+    model.train()
+    model.step_cb(_optimizers(model), 0)  # binds the optimizers, as the trainer's callback does
+    model._prune(torch.arange(120) < 50, "test cut", step=0)
+    assert model.gaussian_count.value == 50
