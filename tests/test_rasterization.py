@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from raster_reference import reference_rasterization
 
-from distilled3dgs_ns.rasterization import composite, rasterization
+from distilled3dgs_ns.rasterization import binning, composite, rasterization
 from distilled3dgs_ns.rasterization.composite import MIN_BATCH, SLAB_ELEMS, _schedule
 from distilled3dgs_ns.rasterization.sh import sh_bases, spherical_harmonics
 
@@ -98,10 +98,12 @@ def assert_matches_reference(scene: dict, check_grads: bool = True, **kwargs) ->
 # ------------------------------------------------------------------------------------------ against the reference
 
 
-@pytest.fixture(params=["default_slabs", "tiny_slabs"])
+@pytest.fixture(params=["default_slabs", "tiny_slabs", "small_blocks"])
 def slabs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Also run with slabs of 4-5 Gaussians and groups of 1-2 blocks, so that state carried between slabs and
-    groups is tested on these small scenes."""
+    groups is tested on these small scenes, and with the 4-pixel blocks small Gaussians get."""
+    if request.param == "small_blocks":
+        monkeypatch.setattr(binning, "SMALL_FOOTPRINT", math.inf)
     if request.param == "tiny_slabs":
         monkeypatch.setattr(composite, "SLAB_ELEMS", 512)
         monkeypatch.setattr(composite, "MIN_BATCH", 4)
@@ -143,6 +145,14 @@ def test_sh_contraction_gradients_match_autograd(per_camera: bool) -> None:
         strict=True,
     ):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(("footprint", "edge"), [(1.0, 4), (8.0, 8)])
+def test_small_gaussians_get_small_blocks(footprint: float, edge: int) -> None:
+    assert binning._block_edge(16, torch.full((10,), footprint)) == edge
+    assert binning._block_edge(12, torch.full((10,), footprint)) == 4  # 8 does not divide a 12-pixel tile
+    assert binning._block_edge(10, torch.full((10,), footprint)) == 10
+    assert binning._block_edge(16, torch.zeros(0)) == 8
 
 
 def test_per_camera_colours_and_no_background_match_reference() -> None:

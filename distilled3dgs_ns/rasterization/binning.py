@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SUB_BLOCK = 8  # compositor block edge (pixels) when it divides the tile size
+SUB_BLOCKS = (4, 8)  # compositor block edges (pixels): small ones for small Gaussians, when they divide the tile
+SMALL_FOOTPRINT = 3.0
+"""Median half-extent (pixels) of the Gaussians' alpha >= 1/255 boxes below which 4-pixel blocks are used: a block
+much wider than its Gaussians evaluates mostly pixels they do not reach (89% of pairs on a lego-100 teacher with 8-pixel
+blocks at a median of 1.9 px, where 4-pixel blocks render 18% faster; at the reference scene's 7.6 px they are 19%
+slower)."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,6 @@ def make_plan(
     tile_size: int,
 ) -> TilePlan:
     """Split each tile's depth-sorted list into its sub-blocks' lists (flat ``[M]`` Gaussian rows in)."""
-    sub = SUB_BLOCK if tile_size % SUB_BLOCK == 0 else tile_size
-    per_side = tile_size // sub
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = tile_width * tile_height
     device = means2d.device
@@ -116,7 +119,10 @@ def make_plan(
     det = a * c - b * b
     spread = torch.stack([c, a], dim=-1) / det[:, None]  # diagonal of the covariance
     level = torch.log(255.0 * opacities)
-    reach = torch.sqrt(2.0 * level.clamp_min(0)[:, None] * spread).amax(-1) + 2 * sub
+    extent = torch.sqrt(2.0 * level.clamp_min(0)[:, None] * spread).amax(-1)  # half the box's longer side
+    sub = _block_edge(tile_size, extent[flatten_ids])
+    per_side = tile_size // sub
+    reach = extent + 2 * sub
     level = level + 1e-3 + 64 * torch.finfo(level.dtype).eps * torch.maximum(a.abs(), c.abs()) * reach * reach
     box = torch.sqrt(2.0 * level.clamp_min(0)[:, None] * spread)
     box = torch.where((det > 0)[:, None], box, torch.full_like(box, math.inf))
@@ -165,3 +171,13 @@ def make_plan(
         block_len=lens,
         block_lens=lens.tolist(),
     )
+
+
+def _block_edge(tile_size: int, half_extents: Tensor) -> int:
+    """The compositor's block edge for Gaussians of these box ``half_extents`` (one per intersection)."""
+    fits = [edge for edge in SUB_BLOCKS if tile_size % edge == 0]
+    if not fits:
+        return tile_size
+    if len(half_extents) and float(half_extents.nan_to_num(math.inf).median()) < SMALL_FOOTPRINT:
+        return fits[0]
+    return fits[-1]
