@@ -2,9 +2,9 @@
 
 A CPU training step allocates and frees the same multi-MB tensors every step (SH colours, their gradients, Adam's
 moments). glibc hands freed blocks at the top of its heap back to the kernel once they exceed a small, adaptive
-threshold, and the next step's allocation then faults every page in again, zero-filled by the kernel: on the
-project's 2-core machine that made a 9.6 MB multiply 3 ms instead of 1. Raising the trim threshold (and fixing the
-mmap threshold at its maximum) keeps those pages; the cost is that the process's resident size stays at its peak.
+threshold, and the next step's allocation then faults every page in again, zero-filled by the kernel: a multiply
+of such tensors then costs several times its arithmetic (docs/performance.md). Raising the trim threshold (and fixing
+the mmap threshold at its maximum) keeps those pages; the cost is that the process's resident size stays at its peak.
 """
 
 from __future__ import annotations

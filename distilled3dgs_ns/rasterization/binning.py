@@ -11,10 +11,9 @@ from torch import Tensor
 
 SUB_BLOCKS = (4, 8)  # compositor block edges (pixels): small ones for small Gaussians, when they divide the tile
 SMALL_FOOTPRINT = 3.0
-"""Median half-extent (pixels) of the Gaussians' alpha >= 1/255 boxes below which 4-pixel blocks are used: a block
-much wider than its Gaussians evaluates mostly pixels they do not reach (89% of pairs on a lego-100 teacher with 8-pixel
-blocks at a median of 1.9 px, where 4-pixel blocks render 18% faster; at the reference scene's 7.6 px they are 19%
-slower)."""
+"""Median half-extent (pixels) of the intersecting Gaussians' alpha >= 1/255 boxes below which 4-pixel blocks are
+used: a block much wider than its Gaussians evaluates mostly pixels they do not reach, while small blocks cost more
+per pair where Gaussians are large (measured both ways: docs/performance.md)."""
 
 
 @dataclass(frozen=True)
